@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up berth on a fresh Debian/Ubuntu machine: the host packages it needs, the npm
+# dependencies, and the build. Safe to run again. Needs root or sudo for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# qemu-system-x86 + qemu-utils: the VM; squashfs-tools, kmod, xz-utils, cpio: the image builder;
+# apt/dpkg are already there on Debian/Ubuntu.
+PKGS=(qemu-system-x86 qemu-utils squashfs-tools kmod xz-utils cpio ca-certificates)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The image builder resolves guest packages from apt's indices: make sure they exist.
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+fi
+
+node -e 'const [M]=process.versions.node.split("."); if (+M < 20) { console.error("setup: berth needs Node.js 20 or newer, found " + process.version); process.exit(1); }'
+npm ci --no-audit --no-fund
+npm run build
+echo "setup: done. Run bin/berth start"

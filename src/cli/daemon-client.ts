@@ -1,0 +1,124 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import type { BerthPaths } from '../settings/paths.js';
+import { packageRoot } from '../settings/paths.js';
+import { BerthError, fromSerialized, type SerializedError } from '../util/errors.js';
+import { readTail } from '../util/files.js';
+import type { StatusReport, StreamLine } from '../daemon/api-types.js';
+import type { ProgressEvent } from '../util/progress.js';
+import { isDaemonLocked } from '../daemon/lock.js';
+
+/**
+ * Client of the daemon API (see daemon/api-types.ts). The CLI is a thin client: all state lives in
+ * the daemon.
+ */
+export class DaemonClient {
+  constructor(readonly paths: BerthPaths) {}
+
+  /** True if a daemon answers on the daemon socket. */
+  async isRunning(): Promise<boolean> {
+    try {
+      await this.getJson('/v1/status', 2000);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Starts the daemon in the background unless one answers already, and waits until it does.
+   * Its output goes to daemon.log, so a daemon that dies at once still explains itself.
+   */
+  async ensureRunning(): Promise<void> {
+    if (await this.isRunning()) return;
+    // A daemon that holds the lock but does not answer yet is starting: wait for it, don't spawn.
+    if (!(await isDaemonLocked(this.paths.home))) {
+      fs.mkdirSync(this.paths.logsDir, { recursive: true, mode: 0o700 });
+      const out = fs.openSync(this.paths.daemonLog, 'a', 0o600);
+      const entry = path.join(packageRoot(), 'dist', 'src', 'daemon', 'main.js');
+      const child = spawn(process.execPath, [entry], {
+        detached: true,
+        stdio: ['ignore', out, out],
+        env: { ...process.env, BERTH_HOME: this.paths.home, BERTH_CACHE: this.paths.cache },
+      });
+      fs.closeSync(out);
+      child.unref();
+    }
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline) {
+      if (await this.isRunning()) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new BerthError('DAEMON_START_FAILED', 'The berth daemon did not come up within 60 s.', {
+      hint: `See ${this.paths.daemonLog}.`,
+      details: { daemonLogTail: await readTail(this.paths.daemonLog, 15) },
+    });
+  }
+
+  status(): Promise<StatusReport> {
+    return this.getJson('/v1/status') as Promise<StatusReport>;
+  }
+
+  /** POSTs to a streaming route; calls `onLine` per progress line and resolves with the result. */
+  stream(route: string, onLine: (event: ProgressEvent) => void): Promise<StatusReport> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ socketPath: this.paths.daemonSocket, path: route, method: 'POST' }, (res) => {
+        let buf = '';
+        let result: StreamLine | undefined;
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          buf += chunk;
+          let nl: number;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const text = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (!text.trim()) continue;
+            const line = JSON.parse(text) as StreamLine;
+            if (line.type === 'result') result = line;
+            else onLine(line);
+          }
+        });
+        res.on('end', () => {
+          if (result?.type === 'result') {
+            if (result.ok) resolve(result.status);
+            else reject(fromSerialized(result.error));
+          } else {
+            reject(new BerthError('DAEMON_UNREACHABLE', 'The daemon closed the connection before reporting a result.', { hint: `See ${this.paths.daemonLog}.` }));
+          }
+        });
+      });
+      req.on('error', (err) => reject(unreachable(this.paths, err)));
+      req.end();
+    });
+  }
+
+  getJson(route: string, timeoutMs = 30_000): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const req = http.get({ socketPath: this.paths.daemonSocket, path: route, timeout: timeoutMs }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => {
+          try {
+            const parsed = JSON.parse(body) as { error?: SerializedError };
+            if (res.statusCode !== 200 && parsed.error) reject(fromSerialized(parsed.error));
+            else resolve(parsed);
+          } catch (err) {
+            reject(new BerthError('DAEMON_UNREACHABLE', `The daemon sent an unreadable answer for ${route}.`, { cause: err }));
+          }
+        });
+      });
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', (err) => reject(unreachable(this.paths, err)));
+    });
+  }
+}
+
+function unreachable(paths: BerthPaths, err: unknown): BerthError {
+  return new BerthError('DAEMON_UNREACHABLE', `Cannot reach the berth daemon at ${paths.daemonSocket}.`, {
+    cause: err,
+    hint: 'Run `berth start` (it starts the daemon), or see the daemon log with `berth logs daemon`.',
+  });
+}

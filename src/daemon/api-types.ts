@@ -1,0 +1,64 @@
+import type { SerializedError } from '../util/errors.js';
+import type { ProgressEvent } from '../util/progress.js';
+import type { Accelerator } from '../vm/accel-probe.js';
+
+/**
+ * Types of the daemon API (HTTP/1.1 over $BERTH_HOME/run/daemon.sock). The CLI, tests and future
+ * clients (dashboard) use only this API. Versioned by path prefix (/v1).
+ *
+ *   GET  /v1/status            → StatusReport
+ *   POST /v1/start             → NDJSON stream of ProgressEvent, then one ResultLine
+ *   POST /v1/stop              → same; the daemon exits after a successful stop
+ *   POST /v1/restart           → same
+ *   GET  /v1/exec (Upgrade: berth-exec, header X-Berth-Exec: base64 JSON ExecRequest)
+ *                              → 101, then the exec sub-protocol (docs/control.md)
+ */
+
+export type VmState = 'stopped' | 'starting' | 'running' | 'stopping' | 'failed';
+
+export interface PhaseTiming {
+  id: string;
+  title: string;
+  ms: number;
+  detail?: string;
+}
+
+export interface StatusReport {
+  state: VmState;
+  /** unix:// URL of the Docker API socket (valid while running). */
+  dockerHost: string;
+  accelerator: Accelerator | null;
+  cpus: number;
+  memoryMiB: number;
+  diskGiB: number;
+  /** Short image id: the first 12 hex digits of the image key. */
+  imageVersion: string | null;
+  image: Record<string, unknown> | null;
+  engine: { state: string; detail?: string } | null;
+  qemuPid: number | null;
+  daemonPid: number | null;
+  startedAt: string | null;
+  uptimeSec: number | null;
+  warnings: string[];
+  failure: SerializedError | null;
+  lastStart: { totalMs: number; phases: PhaseTiming[] } | null;
+  /** Guest-side boot marks (seconds of guest uptime), from the agent. */
+  guestBoot: Record<string, number> | null;
+  home: string;
+  logs: { daemon: string; vm: string; agent: string; engine: string };
+}
+
+export type ResultLine =
+  | { type: 'result'; ok: true; status: StatusReport; message?: string }
+  | { type: 'result'; ok: false; error: SerializedError; status?: StatusReport };
+
+export type StreamLine = ProgressEvent | ResultLine;
+
+export interface ExecRequest {
+  argv: string[];
+  tty: boolean;
+  env?: Record<string, string>;
+  cols?: number;
+  rows?: number;
+  cwd?: string;
+}

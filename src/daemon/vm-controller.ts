@@ -1,0 +1,445 @@
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs/promises';
+import http from 'node:http';
+import { BerthError, toBerthError, type SerializedError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { step, type ProgressEvent, type ProgressListener } from '../util/progress.js';
+import { readTail, writeFileAtomic } from '../util/files.js';
+import type { BerthPaths } from '../settings/paths.js';
+import { readSettings, type Settings } from '../settings/settings.js';
+import { findQemu, type QemuInstall } from '../vm/qemu-binary.js';
+import { chooseAccelerator, type Accelerator } from '../vm/accel-probe.js';
+import { ensureDataDisk } from '../vm/data-disk.js';
+import { QemuProcess, type QemuExit } from '../vm/qemu-process.js';
+import type { VmConfig } from '../vm/qemu-args.js';
+import { DockerProxy } from '../api/docker-proxy.js';
+import { registerDockerContext } from './docker-context.js';
+import { prepareSocketPath } from '../util/unix-socket.js';
+import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
+import type { ImageSource, ResolvedImage } from './image-source.js';
+import type { PhaseTiming, StatusReport, VmState } from './api-types.js';
+
+/**
+ * Owns the VM of one berth home: the lifecycle state machine
+ *
+ *   stopped ──start──▶ starting ──engine answers──▶ running ──stop──▶ stopping ──▶ stopped
+ *      ▲                  │ error/timeout               │ QEMU died
+ *      └──────start─── failed ◀────────────────────────┘
+ *
+ * and the pieces that live while the VM runs (QEMU process, guest session, Docker socket proxy).
+ * Only one lifecycle operation runs at a time; a `start` issued while a start is under way joins it.
+ *
+ * Invariant: a start that fails leaves no QEMU behind (it is quit or killed before the error is
+ * reported), and never touches the data disk beyond what QEMU itself does.
+ */
+
+/** Guest network for QEMU's user-mode network (issue 3 replaces it with berth's own translator). */
+const GUEST_NET = { ip: '10.0.2.15/24', gw: '10.0.2.2', dns: '10.0.2.3' };
+
+interface Running {
+  qemu: QemuProcess;
+  session: GuestSession;
+  proxy: DockerProxy | undefined;
+  accelerator: Accelerator;
+  image: ResolvedImage;
+  startedAt: Date;
+}
+
+export class VmController extends EventEmitter {
+  private state: VmState = 'stopped';
+  private running: Running | undefined;
+  private failure: SerializedError | null = null;
+  private warnings: string[] = [];
+  private lastStart: { totalMs: number; phases: PhaseTiming[] } | null = null;
+  private settings: Settings | undefined;
+  private op: { kind: 'start' | 'stop'; promise: Promise<StatusReport>; events: EventEmitter } | undefined;
+
+  constructor(
+    private readonly paths: BerthPaths,
+    private readonly images: ImageSource,
+    private readonly log: Logger,
+  ) {
+    super();
+  }
+
+  get vmState(): VmState {
+    return this.state;
+  }
+
+  /** Re-attaches to a VM an earlier daemon left running. Called once at daemon start. */
+  async adoptExisting(): Promise<void> {
+    const qemu = await QemuProcess.adopt(this.paths.qemuPidFile, this.paths.qmpSocket, this.paths.home, this.log.child('qemu'));
+    if (!qemu) return;
+    this.log.info('found a running VM left by an earlier daemon; re-attaching', { pid: qemu.pid });
+    this.state = 'starting';
+    try {
+      const saved = await this.readVmFile();
+      this.settings = await readSettings(this.paths.settings);
+      const session = new GuestSession(this.paths, this.log.child('guest'));
+      session.connect();
+      await session.waitSession(30_000);
+      const image = saved?.image ?? (await this.images.current());
+      const running: Running = { qemu, session, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
+      this.running = running;
+      this.watch(running);
+      await session.waitEngineReady(60_000);
+      running.proxy = await this.startProxy(session);
+      this.state = 'running';
+      this.failure = null;
+      this.log.info('re-attached to the running VM');
+    } catch (err) {
+      const e = toBerthError(err);
+      this.log.error('could not re-attach to the running VM; stopping it', { err: e.message });
+      await this.teardown(true);
+      this.state = 'stopped';
+      this.warnings.push(`An earlier VM was found but did not answer (${e.message}); it was stopped. Run \`berth start\`.`);
+    }
+  }
+
+  /** Starts the VM (or joins a start in progress). Progress goes to `onProgress`. */
+  start(onProgress: ProgressListener, opts: { switchContext?: boolean } = {}): Promise<StatusReport> {
+    if (this.op?.kind === 'start') return this.join(this.op, onProgress);
+    if (this.op) return Promise.reject(new BerthError('VM_BUSY', 'The VM is stopping; wait for that to finish, then start it again.'));
+    if (this.state === 'running') {
+      onProgress({ type: 'note', level: 'info', message: 'berth is already running; nothing to do.', at: Date.now() });
+      return this.status();
+    }
+    return this.runOp('start', onProgress, (emit) => this.doStart(emit, opts));
+  }
+
+  stop(onProgress: ProgressListener): Promise<StatusReport> {
+    if (this.op?.kind === 'stop') return this.join(this.op, onProgress);
+    if (this.op) return Promise.reject(new BerthError('VM_BUSY', 'The VM is starting; wait for the start to finish (or fail), then stop it.'));
+    if (this.state === 'stopped') {
+      onProgress({ type: 'note', level: 'info', message: 'berth is not running; nothing to stop.', at: Date.now() });
+      return this.status();
+    }
+    return this.runOp('stop', onProgress, (emit) => this.doStop(emit));
+  }
+
+  async status(): Promise<StatusReport> {
+    const s = this.settings ?? (await readSettings(this.paths.settings).catch(() => undefined));
+    const r = this.running;
+    const dockerSocket = s?.dockerSocket ?? this.paths.defaultDockerSocket;
+    const engine = r?.session.engine;
+    return {
+      state: this.state,
+      dockerHost: `unix://${dockerSocket}`,
+      accelerator: r?.accelerator ?? null,
+      cpus: s?.cpus ?? 0,
+      memoryMiB: s?.memoryMiB ?? 0,
+      diskGiB: s?.diskGiB ?? 0,
+      imageVersion: r ? r.image.key.slice(0, 12) : null,
+      image: r ? (r.image.versions as unknown as Record<string, unknown>) : null,
+      engine: engine ? { state: engine.state, ...(engine.detail ? { detail: engine.detail } : {}) } : null,
+      qemuPid: r?.qemu.pid ?? null,
+      daemonPid: process.pid,
+      startedAt: r ? r.startedAt.toISOString() : null,
+      uptimeSec: r && this.state === 'running' ? Math.round((Date.now() - r.startedAt.getTime()) / 1000) : null,
+      warnings: [...this.warnings],
+      failure: this.failure,
+      lastStart: this.lastStart,
+      guestBoot: r?.session.info?.bootTimes ?? null,
+      home: this.paths.home,
+      logs: { daemon: this.paths.daemonLog, vm: this.paths.vmLog, agent: this.paths.agentLog, engine: this.paths.engineLog },
+    };
+  }
+
+  /** The running guest session, or VM_NOT_RUNNING. */
+  requireSession(): GuestSession {
+    if (this.state !== 'running' || !this.running) {
+      throw new BerthError('VM_NOT_RUNNING', `berth is ${this.state}, not running.`, { hint: 'Start it with `berth start`.' });
+    }
+    return this.running.session;
+  }
+
+  private join(op: NonNullable<VmController['op']>, onProgress: ProgressListener): Promise<StatusReport> {
+    op.events.on('progress', onProgress);
+    return op.promise.finally(() => op.events.off('progress', onProgress));
+  }
+
+  private runOp(kind: 'start' | 'stop', onProgress: ProgressListener, body: (emit: ProgressListener) => Promise<StatusReport>): Promise<StatusReport> {
+    const events = new EventEmitter();
+    events.on('progress', onProgress);
+    const emit: ProgressListener = (e: ProgressEvent) => events.emit('progress', e);
+    const promise = body(emit).finally(() => {
+      events.off('progress', onProgress);
+      this.op = undefined;
+    });
+    this.op = { kind, promise, events };
+    return promise;
+  }
+
+  private async doStart(emit: ProgressListener, opts: { switchContext?: boolean }): Promise<StatusReport> {
+    const t0 = performance.now();
+    const phases: PhaseTiming[] = [];
+    const record: ProgressListener = (e) => {
+      if (e.type === 'step-end') {
+        const begin = titles.get(e.id);
+        phases.push({ id: e.id, title: begin ?? e.id, ms: e.ms, ...(e.detail ? { detail: e.detail } : {}) });
+      }
+      if (e.type === 'step-begin') titles.set(e.id, e.title);
+      emit(e);
+    };
+    const titles = new Map<string, string>();
+    this.state = 'starting';
+    this.failure = null;
+    this.warnings = [];
+    let qemu: QemuProcess | undefined;
+    let session: GuestSession | undefined;
+    try {
+      const settings = await step(record, 'settings', 'Read settings', async () => readSettings(this.paths.settings));
+      this.settings = settings;
+      await this.prepareHome();
+      const dockerSocket = settings.dockerSocket ?? this.paths.defaultDockerSocket;
+      // Fail on a taken Docker socket before booting anything.
+      await prepareSocketPath(dockerSocket, 'Docker API socket');
+
+      const install: QemuInstall = await step(record, 'qemu', 'Find QEMU', async (d) => {
+        const q = await findQemu();
+        d(`QEMU ${q.version}`);
+        return q;
+      });
+      const image = await this.images.ensure(record);
+      const accel = await step(record, 'accelerator', 'Probe the accelerator', async (d) => {
+        const r = await chooseAccelerator(install.system, settings.accelerator);
+        d(r.accelerator);
+        if (r.warning) {
+          this.warnings.push(r.warning);
+          record({ type: 'note', level: 'warn', message: r.warning, at: Date.now() });
+        }
+        return r.accelerator;
+      });
+      await step(record, 'disk', 'Prepare the data disk', async (d) => {
+        const disk = await ensureDataDisk(install.img, this.paths.dataDisk, settings.diskGiB);
+        d(`${disk.created ? 'created, ' : ''}${disk.virtualGiB} GiB virtual, ${formatBytes(disk.allocatedBytes)} used`);
+        if (disk.note) {
+          this.warnings.push(disk.note);
+          record({ type: 'note', level: disk.note.includes('shrink') ? 'warn' : 'info', message: disk.note, at: Date.now() });
+        }
+      });
+
+      await this.rotateLogs();
+      const cfg: VmConfig = {
+        accelerator: accel,
+        cpus: settings.cpus,
+        memoryMiB: settings.memoryMiB,
+        vmlinux: image.vmlinux,
+        initramfs: image.initramfs,
+        rootfs: image.rootfs,
+        dataDisk: this.paths.dataDisk,
+        cmdline: `${image.cmdline} berth.ip=${GUEST_NET.ip} berth.gw=${GUEST_NET.gw} berth.dns=${GUEST_NET.dns}`,
+        qmpSocket: this.paths.qmpSocket,
+        controlSocket: this.paths.controlSocket,
+        serialLog: this.paths.vmLog,
+        pidFile: this.paths.qemuPidFile,
+        instanceTag: this.paths.home,
+        ...(process.env.BERTH_QEMU_CPU ? { cpuModel: process.env.BERTH_QEMU_CPU } : {}),
+      };
+      const deadline = Date.now() + settings.startTimeoutSec * 1000;
+      const started = await step(record, 'vm.launch', 'Launch QEMU', async (d) => {
+        const q = await QemuProcess.launch(install.system, cfg, this.paths.qemuLog, this.log.child('qemu'));
+        d(`pid ${q.pid}`);
+        return q;
+      });
+      qemu = started;
+      const exitedEarly = new Promise<never>((_, reject) => {
+        started.once('exit', (e: QemuExit) => reject(this.qemuExitError(e)));
+      });
+      exitedEarly.catch(() => {});
+      session = new GuestSession(this.paths, this.log.child('guest'));
+      const s = session;
+      s.connect();
+      const info: GuestInfo = await step(record, 'vm.boot', 'Boot the VM (kernel, init, agent)', async (d) => {
+        const i = await Promise.race([s.waitSession(remaining(deadline)), exitedEarly]);
+        const k = i.bootTimes?.initramfs;
+        d(k !== undefined ? `kernel reached init at ${k.toFixed(2)} s guest time` : 'agent connected');
+        return i;
+      });
+      await step(record, 'engine', 'Start the Docker engine', async (d) => {
+        const e: EngineReport = await Promise.race([s.waitEngineReady(remaining(deadline)), exitedEarly]);
+        d(e.readyAfterMs !== undefined ? `dockerd answered ${(e.readyAfterMs / 1000).toFixed(1)} s after the agent started` : 'ready');
+      });
+      const running: Running = { qemu: started, session: s, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
+        running.proxy = await this.startProxy(s);
+        const ms = await pingDockerThroughProxy(dockerSocket);
+        d(`unix://${dockerSocket} (ping ${ms} ms)`);
+      });
+      this.running = running;
+      this.watch(running);
+      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId });
+      try {
+        const ctx = await registerDockerContext(`unix://${dockerSocket}`, { use: opts.switchContext ?? false });
+        if (opts.switchContext) record({ type: 'note', level: 'info', message: `docker context "${ctx.name}" is now the current context.`, at: Date.now() });
+      } catch (err) {
+        this.warnings.push(`Could not register the docker context: ${(err as Error).message}`);
+      }
+      this.state = 'running';
+      this.lastStart = { totalMs: Math.round(performance.now() - t0), phases };
+      this.log.info('vm running', { totalMs: this.lastStart.totalMs });
+      return this.status();
+    } catch (err) {
+      const e = toBerthError(err, 'VM_START_FAILED');
+      this.log.error('start failed', { code: e.code, err: e.message });
+      // Leave nothing half-started behind.
+      if (session) session.close();
+      if (qemu && !qemu.hasExited) await qemu.quit(3000);
+      await this.teardown(false);
+      const consoleTail = await readTail(this.paths.vmLog, 25);
+      const details = { ...(e.details ?? {}), ...(consoleTail && qemu ? { consoleTail } : {}) };
+      const failure = new BerthError(e.code, e.message, {
+        hint: e.hint ?? `See the console log (${this.paths.vmLog}) and \`berth logs engine\`.`,
+        details,
+        cause: e.cause,
+      });
+      this.failure = failure.toJSON();
+      this.state = 'failed';
+      throw failure;
+    }
+  }
+
+  private async doStop(emit: ProgressListener): Promise<StatusReport> {
+    const r = this.running;
+    const settings = this.settings ?? (await readSettings(this.paths.settings).catch(() => undefined));
+    const timeoutMs = (settings?.stopTimeoutSec ?? 30) * 1000;
+    if (!r) {
+      // failed state: nothing runs (the failure path already cleaned up); reset to stopped.
+      this.state = 'stopped';
+      this.failure = null;
+      return this.status();
+    }
+    this.state = 'stopping';
+    let forced: string | undefined;
+    await step(emit, 'stop.api', 'Stop serving the Docker API', async () => {
+      await r.proxy?.close();
+      r.proxy = undefined;
+    });
+    await step(emit, 'stop.guest', 'Stop the engine and power off the VM', async (d) => {
+      try {
+        const result = (await r.session.rpc('system.shutdown', { engineTimeoutMs: Math.max(1000, timeoutMs - 5000) }, timeoutMs)) as { engineForced?: boolean };
+        if (result?.engineForced) d('the engine had to be killed');
+        if (!(await r.qemu.waitExit(10_000))) forced = 'the VM did not power off within 10 s after the engine stopped';
+      } catch (err) {
+        forced = `the guest did not shut down cleanly within ${timeoutMs / 1000} s (${toBerthError(err).message})`;
+      }
+    });
+    if (forced) {
+      const reason = forced;
+      emit({ type: 'note', level: 'warn', message: `Forcing the VM off: ${reason}.`, at: Date.now() });
+      await step(emit, 'stop.force', 'Force the VM off (QMP quit)', async () => {
+        await r.qemu.quit(5000);
+      });
+      this.warnings = [`Last stop was forced: ${reason}.`];
+    }
+    await this.teardown(false);
+    this.state = 'stopped';
+    this.failure = null;
+    return this.status();
+  }
+
+  /** Reacts to QEMU dying or the guest session breaking while the VM is up. */
+  private watch(r: Running): void {
+    r.qemu.once('exit', (e: QemuExit) => {
+      if (this.running !== r) return;
+      if (this.state === 'stopping') return; // expected
+      void (async () => {
+        const err = this.qemuExitError(e);
+        const consoleTail = await readTail(this.paths.vmLog, 25);
+        this.failure = new BerthError(err.code, err.message, { hint: 'Run `berth start` to boot it again; your images and volumes are on the data disk.', details: { consoleTail } }).toJSON();
+        this.log.error('qemu exited unexpectedly', { code: e.code, signal: e.signal });
+        await this.teardown(false);
+        this.state = 'failed';
+      })();
+    });
+  }
+
+  private qemuExitError(e: QemuExit): BerthError {
+    const how = e.signal ? `was killed by ${e.signal}` : e.code !== null ? `exited with status ${e.code}` : 'exited';
+    return new BerthError('QEMU_EXITED', `The VM stopped unexpectedly: QEMU ${how}.`, {
+      hint: `See the console log (${this.paths.vmLog}) and QEMU's messages (${this.paths.qemuLog}).`,
+    });
+  }
+
+  private async startProxy(session: GuestSession): Promise<DockerProxy> {
+    const settings = this.settings ?? (await readSettings(this.paths.settings));
+    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'));
+    await proxy.listen();
+    return proxy;
+  }
+
+  /** Releases everything tied to the current VM. `killQemu` forces QEMU off if still alive. */
+  private async teardown(killQemu: boolean): Promise<void> {
+    const r = this.running;
+    this.running = undefined;
+    if (r) {
+      await r.proxy?.close().catch(() => {});
+      r.session.close();
+      if (killQemu && !r.qemu.hasExited) await r.qemu.quit(3000);
+    }
+    const dockerSocket = this.settings?.dockerSocket ?? this.paths.defaultDockerSocket;
+    // Only our own leftovers: prepareSocketPath refuses non-sockets and live sockets.
+    for (const p of [this.paths.qmpSocket, this.paths.controlSocket, this.paths.qemuPidFile, this.paths.vmStateFile]) {
+      await fs.rm(p, { force: true }).catch(() => {});
+    }
+    await prepareSocketPath(dockerSocket, 'Docker API socket').catch(() => {});
+  }
+
+  private async prepareHome(): Promise<void> {
+    for (const d of [this.paths.home, this.paths.runDir, this.paths.logsDir, this.paths.disksDir]) {
+      await fs.mkdir(d, { recursive: true, mode: 0o700 });
+    }
+  }
+
+  /** Keeps the previous boot's logs as *.prev.log so a crash can be investigated after restart. */
+  private async rotateLogs(): Promise<void> {
+    for (const f of [this.paths.vmLog, this.paths.agentLog, this.paths.engineLog, this.paths.qemuLog]) {
+      await fs.rename(f, f.replace(/\.log$/, '.prev.log')).catch(() => {});
+    }
+  }
+
+  private async writeVmFile(v: VmFile): Promise<void> {
+    await writeFileAtomic(this.paths.vmStateFile, JSON.stringify(v, null, 2));
+  }
+
+  private async readVmFile(): Promise<VmFile | undefined> {
+    try {
+      return JSON.parse(await fs.readFile(this.paths.vmStateFile, 'utf8')) as VmFile;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+/** What a restarted daemon needs to know about the VM it adopts. */
+interface VmFile {
+  startedAt: string;
+  accelerator: Accelerator;
+  image: ResolvedImage;
+  bootId: string;
+}
+
+function remaining(deadline: number): number {
+  return Math.max(1, deadline - Date.now());
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/** GET /_ping through the host socket: proves the whole path (proxy, mux, agent, dockerd). */
+async function pingDockerThroughProxy(socketPath: string): Promise<number> {
+  const t0 = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const req = http.get({ socketPath, path: '/_ping', timeout: 30_000 }, (res) => {
+      res.resume();
+      if (res.statusCode === 200) resolve();
+      else reject(new BerthError('ENGINE_FAILED', `The Docker engine answered /_ping with HTTP ${res.statusCode}.`));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (err) => reject(new BerthError('ENGINE_FAILED', `The Docker API does not answer through ${socketPath}.`, { cause: err })));
+  });
+  return Math.round(performance.now() - t0);
+}

@@ -1,0 +1,106 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { BerthError, errnoCode } from '../util/errors.js';
+import { parseManifest, readManifestText, type Manifest } from './manifest.js';
+
+/**
+ * The image cache key (docs/image.md):
+ *   sha256(builder format version ‖ canonical manifest JSON ‖ sha256(agent bundle) ‖
+ *          sha256 of each file under guest/)
+ * Same inputs → same key → the image is reused without running apt at all. Floating package
+ * versions are deliberately not part of it (they are resolved at build time and recorded in
+ * versions.json); pin `name=version` in the manifest to change the key with a version.
+ *
+ * Bump BUILDER_FORMAT whenever the builder's output changes for the same inputs (new fixup, other
+ * layout), so existing caches are rebuilt.
+ */
+export const BUILDER_FORMAT = 'berth-image-builder/1';
+
+/** JSON with object keys sorted and no whitespace: formatting and key order do not change it. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    const keys = Object.keys(o).filter((k) => o[k] !== undefined).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** Reads a build input; a missing one is IMAGE_BUILD_FAILED with what to do, not a bare ENOENT. */
+async function readInput(file: string, what: string, hint: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(file);
+  } catch (err) {
+    throw new BerthError('IMAGE_BUILD_FAILED', `${what} ${file} cannot be read (${errnoCode(err) ?? String(err)}).`, { hint, cause: err, details: { file } });
+  }
+}
+
+function sha256(data: string | Buffer): string {
+  return crypto.createHash('sha256').update(data).digest('hex');
+}
+
+/** Every entry under `dir` (relative paths, '/'-separated, sorted by code point), depth first. */
+async function walk(dir: string, rel = ''): Promise<Array<{ rel: string; kind: 'dir' | 'file' | 'link' }>> {
+  const out: Array<{ rel: string; kind: 'dir' | 'file' | 'link' }> = [];
+  const entries = await fs.readdir(path.join(dir, rel), { withFileTypes: true });
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const e of entries) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) {
+      out.push({ rel: r, kind: 'dir' });
+      out.push(...(await walk(dir, r)));
+    } else if (e.isSymbolicLink()) out.push({ rel: r, kind: 'link' });
+    else if (e.isFile()) out.push({ rel: r, kind: 'file' });
+  }
+  return out;
+}
+
+/** The inputs of one build, read once: the key and the exact bytes it was computed from. */
+export interface InputSnapshot {
+  key: string;
+  manifest: Manifest;
+  /** The manifest file as read (stored in the image as manifest.json). */
+  manifestText: string;
+  agent: Buffer;
+  agentSha256: string;
+}
+
+/**
+ * Computes the key. The manifest is hashed in canonical form (so it is validated first, and
+ * reformatting it does not rebuild); when it lives inside guestDir it is not hashed a second time
+ * as a plain file. For guest files only the executable bit of the mode counts: git records nothing
+ * finer, and a different umask on another checkout must not change the key.
+ */
+export async function computeImageKey(opts: { manifestPath: string; guestDir: string; agentBundle: string }): Promise<string> {
+  return (await snapshotInputs(opts)).key;
+}
+
+/**
+ * The key plus the manifest and agent it covers. The builder uses these bytes rather than reading
+ * the files again, so an edit during a build cannot give an image whose key describes other inputs.
+ */
+export async function snapshotInputs(opts: { manifestPath: string; guestDir: string; agentBundle: string }): Promise<InputSnapshot> {
+  const h = crypto.createHash('sha256');
+  h.update(`${BUILDER_FORMAT}\n`);
+  const manifestText = await readManifestText(opts.manifestPath);
+  const manifest = parseManifest(manifestText, opts.manifestPath); // a key for an invalid manifest would be useless
+  h.update(`manifest ${canonicalJson(JSON.parse(manifestText))}\n`);
+  const agent = await readInput(opts.agentBundle, 'The guest agent bundle', 'Build berth first (`npm run build` writes dist/agent.cjs).');
+  const agentSha256 = sha256(agent);
+  h.update(`agent ${agentSha256}\n`);
+  await readInput(path.join(opts.guestDir, 'initramfs-init'), 'The initramfs init script', 'Run berth from a complete checkout (guest/ is part of the repository).');
+  const manifestRel = path.relative(path.resolve(opts.guestDir), path.resolve(opts.manifestPath)).split(path.sep).join('/');
+  for (const e of await walk(opts.guestDir)) {
+    if (e.rel === manifestRel) continue;
+    const full = path.join(opts.guestDir, e.rel);
+    if (e.kind === 'dir') h.update(`dir ${e.rel}\n`);
+    else if (e.kind === 'link') h.update(`link ${e.rel} ${sha256(await fs.readlink(full))}\n`);
+    else {
+      const st = await fs.stat(full);
+      h.update(`file ${e.rel} ${st.mode & 0o111 ? 'x' : '-'} ${sha256(await fs.readFile(full))}\n`);
+    }
+  }
+  return { key: h.digest('hex'), manifest, manifestText, agent, agentSha256 };
+}

@@ -1,0 +1,105 @@
+import type { Accelerator } from './accel-probe.js';
+
+/**
+ * Everything needed to build QEMU's command line. Pure data so the argv can be unit-tested
+ * (no `cache=unsafe`, an explicit `format=` on every drive: Lima GHSA-f7qw-jj9c-rpq9).
+ */
+export interface VmConfig {
+  accelerator: Accelerator;
+  cpus: number;
+  memoryMiB: number;
+  vmlinux: string;
+  initramfs: string;
+  rootfs: string;
+  dataDisk: string;
+  cmdline: string;
+  qmpSocket: string;
+  controlSocket: string;
+  serialLog: string;
+  pidFile: string;
+  /** Marker placed in `-name` so a restarted daemon can recognise its own QEMU in /proc. */
+  instanceTag: string;
+  /** CPU model override (benchmarks and experiments); default: see buildQemuArgs. */
+  cpuModel?: string;
+}
+
+/** The virtio-serial port name the agent looks for in /sys/class/virtio-ports/. */
+export const CONTROL_PORT_NAME = 'berth.control';
+
+/**
+ * Builds the argv (without the binary).
+ *
+ * Machine: `q35` booting an uncompressed vmlinux through its PVH entry point (init after ~2.6 s on
+ * TCG, against ~5 s with the compressed bzImage). Not `microvm`, although it boots ~0.2 s faster:
+ * it has no HPET and no ACPI PM timer, and under TCG the kernel's PIT-only TSC calibration fails in
+ * about half of the boots on a busy host ("tsc: Unable to calibrate against PIT"), after which the
+ * guest hangs. q35 calibrates against its PM timer. See docs/vm.md for the measurements.
+ */
+export function buildQemuArgs(c: VmConfig): string[] {
+  const tcg = c.accelerator === 'tcg';
+  const args: string[] = [
+    '-name', `berth,process=berth-vm,debug-threads=on`,
+    '-machine', 'q35',
+    // Multi-threaded TCG runs one host thread per vCPU.
+    '-accel', tcg ? 'tcg,thread=multi' : c.accelerator,
+    '-cpu', c.cpuModel ?? (tcg ? 'max' : 'host'),
+    '-smp', String(c.cpus),
+    '-m', `${c.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    // Guest reboot or panic ends QEMU: the daemon decides what happens next.
+    '-no-reboot',
+    '-chardev', `file,id=console,path=${opt(c.serialLog)}`,
+    '-serial', 'chardev:console',
+    '-kernel', c.vmlinux,
+    '-initrd', c.initramfs,
+    // Under TCG the TSCs of the vCPUs (host TSC reads) look unsynchronised to the kernel's check,
+    // which would demote the clock to HPET (an MMIO exit per read); they are in fact consistent.
+    '-append', tcg ? `${c.cmdline} tsc=reliable` : c.cmdline,
+    '-drive', `if=none,id=root,file=${opt(c.rootfs)},format=raw,readonly=on`,
+    '-device', 'virtio-blk-pci,drive=root,serial=berth-root',
+    // writeback (QEMU's default cache mode) honours guest flushes: an fsync in the guest reaches
+    // the host disk. discard lets fstrim in the guest give space back to the sparse qcow2.
+    '-drive', `if=none,id=data,file=${opt(c.dataDisk)},format=qcow2,discard=unmap,detect-zeroes=unmap`,
+    '-device', 'virtio-blk-pci,drive=data,serial=berth-data',
+    '-netdev', 'user,id=net0',
+    // romfile= : no iPXE option ROM. We never network-boot, and SeaBIOS loading it costs ~1 s
+    // under TCG (measured: init at 3.0 s instead of 4.0 s).
+    '-device', 'virtio-net-pci,netdev=net0,romfile=',
+    '-device', 'virtio-rng-pci',
+    '-device', 'virtio-serial-pci,max_ports=4',
+    // QEMU listens; the daemon connects. QEMU keeps listening after a disconnect, so a restarted
+    // daemon can reattach to a running VM.
+    '-chardev', `socket,id=control,path=${opt(c.controlSocket)},server=on,wait=off`,
+    '-device', `virtserialport,chardev=control,name=${CONTROL_PORT_NAME}`,
+    '-chardev', `socket,id=qmp,path=${opt(c.qmpSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-pidfile', c.pidFile,
+    // A UUID derived from the berth home identifies our own QEMU in /proc/<pid>/cmdline.
+    '-uuid', uuidFromTag(c.instanceTag),
+  ];
+  return args;
+}
+
+/** QEMU's option parser splits on commas; a literal comma in a value is written twice. */
+function opt(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
+/**
+ * Derives a stable UUID from the instance tag so `/proc/<pid>/cmdline` identifies which berth home
+ * a QEMU belongs to without putting a long path in `-name`.
+ */
+export function uuidFromTag(tag: string): string {
+  // FNV-1a over the tag, spread into 128 bits: identification, not security.
+  const words: number[] = [];
+  for (let seed = 0; seed < 4; seed++) {
+    let h = 0x811c9dc5 ^ seed;
+    for (let i = 0; i < tag.length; i++) {
+      h ^= tag.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    words.push(h >>> 0);
+  }
+  const hex = words.map((w) => w.toString(16).padStart(8, '0')).join('');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}

@@ -1,0 +1,88 @@
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { killStrays, newInstance, qemuPids, type Instance } from './harness.js';
+
+/**
+ * Errors a user will hit. Each must give a clear message, a non-zero exit code, and leave no
+ * half-started VM behind.
+ */
+describe('errors', { timeout: 900_000 }, () => {
+  const instances: Instance[] = [];
+  const inst = (name: string, env: NodeJS.ProcessEnv = {}) => {
+    const i = newInstance(name, env);
+    instances.push(i);
+    return i;
+  };
+  after(async () => {
+    for (const i of instances) {
+      killStrays(i.home);
+      fs.rmSync(i.home, { recursive: true, force: true });
+    }
+  });
+
+  test('a broken settings file: clear message, file untouched, nothing started', async () => {
+    const b = inst('settings');
+    fs.writeFileSync(path.join(b.home, 'settings.json'), '{"cpus": 2,, }');
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /settings\.json is not valid JSON/);
+    assert.match(r.stderr, /the file was left as it is/);
+    assert.equal(fs.readFileSync(path.join(b.home, 'settings.json'), 'utf8'), '{"cpus": 2,, }');
+    assert.deepEqual(qemuPids(b.home), []);
+  });
+
+  test('an invalid setting value names the key and the range', async () => {
+    const b = inst('setting-value');
+    const r = await b.berth(['settings', 'set', 'memoryMiB', '12']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /"memoryMiB" is 12; it must be an integer from 512/);
+  });
+
+  test('QEMU missing: says which package to install', async () => {
+    // A PATH with node and nothing else: no qemu-system-x86_64 to be found.
+    const bin = fs.mkdtempSync('/tmp/berth-nobin-');
+    fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+    const b = inst('noqemu', { PATH: bin });
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stderr, /QEMU is not installed/);
+    assert.match(r.stderr, /apt-get install qemu-system-x86/);
+  });
+
+  test('a Docker socket path used by another engine is refused before booting', async () => {
+    const b = inst('sockbusy');
+    const sock = path.join(b.home, 'other-engine.sock');
+    const other = net.createServer((c) => c.end());
+    await new Promise<void>((r) => other.listen(sock, r));
+    try {
+      assert.equal((await b.berth(['settings', 'set', 'dockerSocket', sock])).code, 0);
+      const r = await b.berth(['start']);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /already in use by another program/);
+      assert.deepEqual(qemuPids(b.home), []);
+      assert.ok(fs.existsSync(sock), 'the other engine keeps its socket');
+    } finally {
+      other.close();
+    }
+  });
+
+  test('a VM that is not ready in time: timeout with the console tail, no VM left', async () => {
+    const b = inst('timeout');
+    assert.equal((await b.berth(['settings', 'set', 'startTimeoutSec', '10'])).code, 0);
+    const r = await b.berth(['start']);
+    if (r.code === 0) {
+      // A host fast enough (KVM) to be ready in 10 s: nothing to check here.
+      await b.berth(['stop']);
+      return;
+    }
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /did not .* within 10 s|not ready within/);
+    assert.match(r.stderr, /last lines of console/);
+    assert.deepEqual(qemuPids(b.home), []);
+    const st = JSON.parse((await b.berth(['status', '--json'])).stdout);
+    assert.equal(st.state, 'failed');
+  });
+});

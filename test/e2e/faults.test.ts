@@ -1,0 +1,84 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { busyboxRootfsTar, daemonPid, newInstance, qemuPids, sleep, type Instance } from './harness.js';
+
+/**
+ * Fault injection on the real VM: kill -9 of QEMU and of the daemon, and durability of a write
+ * the guest fsynced before QEMU was killed.
+ */
+describe('faults', { timeout: 1_500_000 }, () => {
+  let b: Instance;
+  before(async () => {
+    b = newInstance('faults');
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);
+    const imp = await b.docker(['import', '-', 'berth-test/busybox:1'], { input: await busyboxRootfsTar() });
+    assert.equal(imp.code, 0, imp.stderr);
+  });
+  after(async () => {
+    await b.cleanup();
+  });
+
+  test('a write the guest fsynced survives kill -9 of QEMU', async () => {
+    const w = await b.docker(['run', '--rm', '-v', 'durable:/data', 'berth-test/busybox:1', 'sh', '-c', 'echo fsynced-before-kill > /data/f && sync']);
+    assert.equal(w.code, 0, w.stderr);
+    const [pid] = qemuPids(b.home);
+    assert.ok(pid, 'QEMU runs');
+    process.kill(pid, 'SIGKILL');
+
+    // The daemon notices at once and says so.
+    let s: { state: string; failure: { message: string } | null } = { state: '', failure: null };
+    for (let i = 0; i < 50; i++) {
+      s = JSON.parse((await b.berth(['status', '--json'])).stdout);
+      if (s.state === 'failed') break;
+      await sleep(200);
+    }
+    assert.equal(s.state, 'failed');
+    assert.match(s.failure?.message ?? '', /QEMU was killed by SIGKILL|stopped unexpectedly/);
+
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 0, `restart failed:\n${r.stdout}\n${r.stderr}`);
+    const read = await b.docker(['run', '--rm', '-v', 'durable:/data', 'berth-test/busybox:1', 'cat', '/data/f']);
+    assert.equal(read.stdout.trim(), 'fsynced-before-kill');
+    const imgs = await b.docker(['images', '-q', 'berth-test/busybox:1']);
+    assert.notEqual(imgs.stdout.trim(), '', 'the imported image is still there');
+  });
+
+  test('kill -9 of the daemon: status finds the running VM and re-attaches', async () => {
+    const qemuBefore = qemuPids(b.home);
+    const pid = daemonPid(b.home);
+    assert.ok(pid, 'daemon pid file');
+    process.kill(pid, 'SIGKILL');
+    await sleep(300);
+    assert.deepEqual(qemuPids(b.home), qemuBefore, 'QEMU survives the daemon');
+
+    const st = await b.berth(['status', '--json']);
+    assert.equal(st.code, 0, st.stderr);
+    const s = JSON.parse(st.stdout);
+    assert.equal(s.state, 'running');
+    assert.equal(s.qemuPid, qemuBefore[0]);
+    assert.notEqual(s.daemonPid, pid);
+    const r = await b.docker(['run', '--rm', 'berth-test/busybox:1', 'echo', 'after daemon restart']);
+    assert.equal(r.stdout.trim(), 'after daemon restart');
+  });
+
+  test('kill -9 of the daemon, then start: a no-op on the same VM', async () => {
+    const qemuBefore = qemuPids(b.home);
+    process.kill(daemonPid(b.home)!, 'SIGKILL');
+    await sleep(300);
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /already running/);
+    assert.deepEqual(qemuPids(b.home), qemuBefore);
+  });
+
+  test('kill -9 of both daemon and QEMU: start recovers cleanly', async () => {
+    process.kill(daemonPid(b.home)!, 'SIGKILL');
+    for (const p of qemuPids(b.home)) process.kill(p, 'SIGKILL');
+    await sleep(300);
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);
+    const v = await b.docker(['run', '--rm', '-v', 'durable:/data', 'berth-test/busybox:1', 'cat', '/data/f']);
+    assert.equal(v.stdout.trim(), 'fsynced-before-kill');
+  });
+});
