@@ -1,21 +1,37 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BerthError, errnoCode } from '../util/errors.js';
 import { parseManifest, readManifestText, type Manifest } from './manifest.js';
 
 /**
  * The image cache key (docs/image.md):
- *   sha256(builder format version ‖ canonical manifest JSON ‖ sha256(agent bundle) ‖
+ *   sha256(builder format version ‖ builder code ‖ canonical manifest JSON ‖ sha256(agent bundle) ‖
  *          sha256 of each file under guest/)
  * Same inputs → same key → the image is reused without running apt at all. Floating package
  * versions are deliberately not part of it (they are resolved at build time and recorded in
  * versions.json); pin `name=version` in the manifest to change the key with a version.
  *
- * Bump BUILDER_FORMAT whenever the builder's output changes for the same inputs (new fixup, other
- * layout), so existing caches are rebuilt.
+ * The builder's own code is part of the key too (a hash of the modules in this folder), so a change
+ * to how images are assembled rebuilds them without anyone having to remember a version bump.
+ * BUILDER_FORMAT remains for changes outside this folder that alter the output.
  */
 export const BUILDER_FORMAT = 'berth-image-builder/1';
+
+let builderHash: Promise<string> | undefined;
+
+/** sha256 over the builder's compiled modules (this folder, tests excluded), computed once. */
+export function builderCodeHash(): Promise<string> {
+  builderHash ??= (async () => {
+    const dir = path.dirname(fileURLToPath(import.meta.url));
+    const h = crypto.createHash('sha256');
+    const files = (await fs.readdir(dir)).filter((f) => /\.(js|ts)$/.test(f) && !/\.test\.|\.d\.ts$|fixture/.test(f)).sort();
+    for (const f of files) h.update(`${f}\n`).update(await fs.readFile(path.join(dir, f)));
+    return h.digest('hex');
+  })();
+  return builderHash;
+}
 
 /** JSON with object keys sorted and no whitespace: formatting and key order do not change it. */
 export function canonicalJson(v: unknown): string {
@@ -84,6 +100,7 @@ export async function computeImageKey(opts: { manifestPath: string; guestDir: st
 export async function snapshotInputs(opts: { manifestPath: string; guestDir: string; agentBundle: string }): Promise<InputSnapshot> {
   const h = crypto.createHash('sha256');
   h.update(`${BUILDER_FORMAT}\n`);
+  h.update(`builder ${await builderCodeHash()}\n`);
   const manifestText = await readManifestText(opts.manifestPath);
   const manifest = parseManifest(manifestText, opts.manifestPath); // a key for an invalid manifest would be useless
   h.update(`manifest ${canonicalJson(JSON.parse(manifestText))}\n`);

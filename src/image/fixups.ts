@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { BerthError, errnoCode } from '../util/errors.js';
 import { mkdirInTree, writeFileMode } from './fsutil.js';
+import { runTool } from './run.js';
 
 /**
  * What maintainer scripts would have done on a real install and the guest needs, plus berth's own
@@ -56,6 +57,39 @@ export async function applyFixups(root: string, inputs: FixupInputs): Promise<vo
     0o644,
   );
   await writeFileMode(path.join(etc, 'berth', 'image.json'), inputs.imageJson, 0o644);
+  await linkBusyboxApplets(root);
+}
+
+/** Applets never linked: the guest's PID 1 is berth's own init, not busybox's. */
+const SKIPPED_APPLETS = new Set(['sbin/init', 'linuxrc', 'sbin/linuxrc']);
+
+/**
+ * Busybox-static installs only /bin/busybox, so plain `cat`, `ls` or `ps` do not exist for
+ * `berth shell -- cat` or for scripts (busybox sh finds its applets internally, exec does not).
+ * Every applet gets a link where no real program of the same path exists, so the real tools from
+ * packages (kmod's modprobe, e2fsprogs' mkfs.ext4, util-linux's script) are kept. The list comes
+ * from running the guest's own busybox, which is static and runs on the build host.
+ */
+async function linkBusyboxApplets(root: string): Promise<void> {
+  const busybox = path.join(root, 'usr', 'bin', 'busybox');
+  try {
+    await fs.access(busybox);
+  } catch {
+    return; // no busybox in this tree (unit-test trees); the initramfs step reports it if needed
+  }
+  const { stdout } = await runTool(busybox, ['--list-full'], { code: 'IMAGE_BUILD_FAILED', what: 'Image build failed at step "rootfs" (listing busybox applets)' });
+  for (const rel of stdout.split('\n').map((l) => l.trim()).filter(Boolean)) {
+    if (SKIPPED_APPLETS.has(rel) || rel.split('/').includes('..')) continue;
+    const link = path.join(root, rel);
+    try {
+      await fs.lstat(link);
+      continue; // a real program (or an earlier link) is there
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+    await fs.mkdir(path.dirname(link), { recursive: true });
+    await fs.symlink('/usr/bin/busybox', link);
+  }
 }
 
 /**
