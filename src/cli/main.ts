@@ -42,6 +42,7 @@ Options:
 Environment:
   BERTH_HOME                 State directory (default ~/.berth): settings, sockets, logs, data disk
   BERTH_CACHE                Package and image cache (default ~/.cache/berth)
+  BERTH_GUEST_DIR            Build the guest image from this folder instead of guest/ (manifest + scripts)
 `;
 
 export async function main(argv: string[]): Promise<number> {

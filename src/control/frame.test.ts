@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FrameDecoder, FrameType, HEADER_SIZE, MAX_DATA_PAYLOAD, encodeFrame, encodeJsonFrame, type DecodeResult } from './frame.js';
-import { seededRandom } from './test-link.js';
+import { seededRandom } from './memory-link.js';
 
 const hello = (session = 's1') => encodeJsonFrame(FrameType.Hello, 0, { proto: 1, role: 'host', session });
 const frames = (rs: DecodeResult[]) => rs.filter((r) => r.kind === 'frame').map((r) => (r as { frame: { type: FrameType; stream: number; payload: Buffer } }).frame);

@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import { once } from 'node:events';
 import { Mux } from './mux.js';
 import type { MuxStream } from './mux-stream.js';
-import { linkPair, type TestLinkEnd } from './test-link.js';
+import { linkPair, type TestLinkEnd } from './memory-link.js';
 import { FrameType, encodeFrame } from './frame.js';
 import { BerthError } from '../util/errors.js';
 

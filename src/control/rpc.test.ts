@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { Mux } from './mux.js';
 import { call, serveRpc } from './rpc.js';
-import { linkPair } from './test-link.js';
+import { linkPair } from './memory-link.js';
 import { BerthError } from '../util/errors.js';
 import { ExecRecordDecoder, ExecRecordType, encodeExecRecord } from './exec-protocol.js';
 

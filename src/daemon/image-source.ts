@@ -21,12 +21,16 @@ export interface ImageSource {
   current(): Promise<ResolvedImage | undefined>;
 }
 
-/** Where the manifest, guest files and agent bundle of this checkout live. */
-export function imageInputs(cacheDir: string): Pick<BuildOptions, 'manifestPath' | 'guestDir' | 'agentBundle' | 'cacheDir'> {
+/**
+ * Where the manifest, guest files and agent bundle of this checkout live. BERTH_GUEST_DIR points
+ * the builder at another guest folder (a customised manifest and scripts).
+ */
+export function imageInputs(cacheDir: string, env: NodeJS.ProcessEnv = process.env): Pick<BuildOptions, 'manifestPath' | 'guestDir' | 'agentBundle' | 'cacheDir'> {
   const root = packageRoot();
+  const guestDir = env.BERTH_GUEST_DIR ? path.resolve(env.BERTH_GUEST_DIR) : path.join(root, 'guest');
   return {
-    manifestPath: path.join(root, 'guest', 'manifest.json'),
-    guestDir: path.join(root, 'guest'),
+    manifestPath: path.join(guestDir, 'manifest.json'),
+    guestDir,
     agentBundle: path.join(root, 'dist', 'agent.cjs'),
     cacheDir,
   };

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { killStrays, newInstance, qemuPids, type Instance } from './harness.js';
+import { cacheDir, killStrays, newInstance, qemuPids, repoRoot, type Instance } from './harness.js';
 
 /**
  * Errors a user will hit. Each must give a clear message, a non-zero exit code, and leave no
@@ -67,6 +67,26 @@ describe('errors', { timeout: 900_000 }, () => {
     } finally {
       other.close();
     }
+  });
+
+  test('an image build failure names the package and the step, and leaves no partial image', async () => {
+    const guest = fs.mkdtempSync('/tmp/berth-guest-');
+    fs.cpSync(path.join(repoRoot, 'guest'), guest, { recursive: true });
+    const manifest = JSON.parse(fs.readFileSync(path.join(guest, 'manifest.json'), 'utf8'));
+    manifest.packages.base.push('berth-no-such-package');
+    fs.writeFileSync(path.join(guest, 'manifest.json'), JSON.stringify(manifest));
+    const b = inst('badimage', { BERTH_GUEST_DIR: guest });
+    const r = await b.berth(['image', 'build']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /step "resolve"/);
+    assert.match(r.stderr, /berth-no-such-package/);
+    const s = await b.berth(['start']);
+    assert.equal(s.code, 1);
+    assert.match(s.stderr, /berth-no-such-package/);
+    assert.deepEqual(qemuPids(b.home), []);
+    const images = path.join(cacheDir(), 'images');
+    assert.deepEqual(fs.readdirSync(images).filter((d) => d.endsWith('.partial')), []);
+    fs.rmSync(guest, { recursive: true, force: true });
   });
 
   test('a VM that is not ready in time: timeout with the console tail, no VM left', async () => {

@@ -1,0 +1,31 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { benchStart } from './start.js';
+import { toMarkdown, toText, type BenchResult } from './report.js';
+
+/**
+ * `npm run bench [-- --runs N] [-- --update-docs]`: runs every benchmark with its anchor measured in
+ * the same run, prints the results, and with --update-docs writes the markdown tables into
+ * docs/performance.md between the bench markers.
+ */
+const args = process.argv.slice(2);
+const runs = Number(args[args.indexOf('--runs') + 1]) || 5;
+const results: BenchResult[] = [];
+
+results.push(await benchStart(runs));
+
+const when = new Date().toISOString().slice(0, 10);
+const md = [`_Measured ${when} by \`npm run bench\` (runs: ${runs}); medians._`, '', ...results.map(toMarkdown)].join('\n\n');
+for (const r of results) console.log(`\n${toText(r)}`);
+console.log(`\n${md}\n`);
+if (args.includes('--update-docs')) {
+  const file = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'docs', 'performance.md');
+  const text = fs.readFileSync(file, 'utf8');
+  const begin = '<!-- bench:begin -->';
+  const end = '<!-- bench:end -->';
+  const i = text.indexOf(begin);
+  const j = text.indexOf(end);
+  if (i < 0 || j < i) throw new Error(`${file} has no ${begin} ... ${end} section`);
+  fs.writeFileSync(file, `${text.slice(0, i + begin.length)}\n${md}\n${text.slice(j)}`);
+  console.log(`updated ${file}`);
+}
