@@ -2,19 +2,21 @@ import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { writeCpio } from '../src/image/index.js';
-import { findImage } from '../src/image/index.js';
+import { findImage, loadManifest } from '../src/image/index.js';
 import { imageInputs } from '../src/daemon/image-source.js';
 import { resolvePaths } from '../src/settings/paths.js';
 import { findQemu } from '../src/vm/qemu-binary.js';
-import { chooseAccelerator } from '../src/vm/accel-probe.js';
+import { chooseAccelerator, PROBE_MARKER, type Accelerator } from '../src/vm/accel-probe.js';
+import { VerdictCache } from '../src/vm/accel-verdicts.js';
+import { kernelArgs, machineArgs } from '../src/vm/qemu-args.js';
 import { median, type BenchResult, type Row } from './report.js';
 
 /**
  * Cold start to API-ready, against its floor.
  *
- * - floor: the same kernel, machine, accelerator, CPUs and memory booting an initramfs whose /init
- *   only prints a line and powers off. Nothing berth does can be faster than this.
+ * - floor: the same kernel, initramfs, machine, accelerator, CPUs and memory, booted with
+ *   `berth.probe`: the initramfs /init prints a line at once and powers off. Nothing berth does
+ *   can be faster than this.
  * - cold start: `berth start` with no daemon and no VM running (the data disk already exists), until
  *   the Docker API answers /_ping through the host socket; the CLI's wall time, plus the phases the
  *   daemon reports.
@@ -25,18 +27,20 @@ const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..',
 const berth = path.join(repo, 'bin', 'berth');
 
 export async function benchStart(runs: number): Promise<BenchResult> {
-  const cache = resolvePaths().cache;
-  const image = await findImage(imageInputs(cache));
+  const paths = resolvePaths();
+  const inputs = imageInputs(paths.cache);
+  const image = await findImage(inputs);
   if (!image) throw new Error('no guest image: run `bin/berth image build` first');
+  const cmdline = (await loadManifest(inputs.manifestPath)).kernel.cmdline;
   const qemu = await findQemu();
-  const accel = (await chooseAccelerator(qemu.system, 'auto')).accelerator;
   const cpus = Math.max(1, Math.min(4, os.cpus().length));
+  const kernel = { vmlinux: image.vmlinux, initramfs: image.initramfs, cmdline, imageKey: image.key, cpus };
+  const accel = (await chooseAccelerator(qemu.system, 'auto', { kernel, verdicts: new VerdictCache(paths.accelVerdicts), qemuVersion: qemu.version })).accelerator;
 
   const floor: number[] = [];
   const floorInit: number[] = [];
-  const initramfs = await floorInitramfs(cache);
   for (let i = 0; i < runs; i++) {
-    const r = await bootFloor(qemu.system, accel, cpus, image.vmlinux, initramfs);
+    const r = await bootFloor(qemu.system, accel, cpus, image.vmlinux, image.initramfs, cmdline);
     floor.push(r.exitMs);
     floorInit.push(r.initMs);
   }
@@ -102,32 +106,12 @@ function rssMiB(pid: number): number {
   }
 }
 
-/** busybox from the image builder's package cache + an /init that marks and powers off. */
-async function floorInitramfs(cache: string): Promise<string> {
-  const debs = path.join(cache, 'debs');
-  const deb = fs.readdirSync(debs).find((f) => f.startsWith('busybox-static_'));
-  if (!deb) throw new Error('busybox-static not in the package cache');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-floor-'));
-  execFileSync('dpkg-deb', ['-x', path.join(debs, deb), dir]);
-  const init = '#!/bin/busybox sh\necho FLOOR-INIT\n/bin/busybox poweroff -f\n';
-  const cpio = writeCpio([
-    { kind: 'dir', path: 'bin', mode: 0o755 },
-    { kind: 'dir', path: 'dev', mode: 0o755 },
-    { kind: 'file', path: 'init', mode: 0o755, data: Buffer.from(init) },
-    { kind: 'file', path: 'bin/busybox', mode: 0o755, data: fs.readFileSync(path.join(dir, 'bin', 'busybox')) },
-  ]);
-  const out = path.join(dir, 'floor.cpio');
-  fs.writeFileSync(out, cpio);
-  return out;
-}
-
 /** Same machine as berth's VM (q35, PVH vmlinux, same accelerator/CPU/memory), no devices. */
-function bootFloor(qemu: string, accel: string, cpus: number, vmlinux: string, initramfs: string): Promise<{ initMs: number; exitMs: number }> {
-  const tcg = accel === 'tcg';
+function bootFloor(qemu: string, accel: Accelerator, cpus: number, vmlinux: string, initramfs: string, cmdline: string): Promise<{ initMs: number; exitMs: number }> {
   const args = [
-    '-machine', 'q35', '-accel', tcg ? 'tcg,thread=multi' : accel, '-cpu', tcg ? 'max' : 'host', '-smp', String(cpus), '-m', '2048M',
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', 'stdio',
-    '-kernel', vmlinux, '-initrd', initramfs, '-append', `console=ttyS0 quiet panic=-1${tcg ? ' tsc=reliable' : ''}`,
+    ...machineArgs({ accelerator: accel, cpus, memoryMiB: 2048 }),
+    '-serial', 'stdio',
+    ...kernelArgs(accel, vmlinux, initramfs, `${cmdline} berth.probe`),
   ];
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
@@ -137,7 +121,7 @@ function bootFloor(qemu: string, accel: string, cpus: number, vmlinux: string, i
     const timer = setTimeout(() => q.kill('SIGKILL'), 60_000);
     q.stdout.on('data', (d: Buffer) => {
       out += d.toString();
-      if (initMs < 0 && out.includes('FLOOR-INIT')) initMs = Math.round(performance.now() - t0);
+      if (initMs < 0 && out.includes(PROBE_MARKER)) initMs = Math.round(performance.now() - t0);
     });
     q.on('close', () => {
       clearTimeout(timer);

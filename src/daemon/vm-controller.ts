@@ -8,7 +8,9 @@ import { readTail, writeFileAtomic } from '../util/files.js';
 import type { BerthPaths } from '../settings/paths.js';
 import { readSettings, type Settings } from '../settings/settings.js';
 import { findQemu, type QemuInstall } from '../vm/qemu-binary.js';
-import { chooseAccelerator, type Accelerator } from '../vm/accel-probe.js';
+import { chooseAccelerator, fallbackWarning, type Accelerator } from '../vm/accel-probe.js';
+import { VerdictCache } from '../vm/accel-verdicts.js';
+import { watchForAccelFailure } from '../vm/accel-watch.js';
 import { ensureDataDisk } from '../vm/data-disk.js';
 import { QemuProcess, type QemuExit } from '../vm/qemu-process.js';
 import type { VmConfig } from '../vm/qemu-args.js';
@@ -53,6 +55,7 @@ export class VmController extends EventEmitter {
   private lastStart: { totalMs: number; phases: PhaseTiming[] } | null = null;
   private settings: Settings | undefined;
   private op: { kind: 'start' | 'stop'; promise: Promise<StatusReport>; events: EventEmitter } | undefined;
+  private readonly verdicts: VerdictCache;
 
   constructor(
     private readonly paths: BerthPaths,
@@ -60,6 +63,7 @@ export class VmController extends EventEmitter {
     private readonly log: Logger,
   ) {
     super();
+    this.verdicts = new VerdictCache(paths.accelVerdicts);
   }
 
   get vmState(): VmState {
@@ -201,14 +205,15 @@ export class VmController extends EventEmitter {
         return q;
       });
       const image = await this.images.ensure(record);
-      const accel = await step(record, 'accelerator', 'Probe the accelerator', async (d) => {
-        const r = await chooseAccelerator(install.system, settings.accelerator);
-        d(r.accelerator);
-        if (r.warning) {
-          this.warnings.push(r.warning);
-          record({ type: 'note', level: 'warn', message: r.warning, at: Date.now() });
-        }
-        return r.accelerator;
+      const probe = await step(record, 'accelerator', 'Probe the accelerator', async (d) => {
+        const r = await chooseAccelerator(install.system, settings.accelerator, {
+          kernel: { vmlinux: image.vmlinux, initramfs: image.initramfs, cmdline: image.cmdline, imageKey: image.key, cpus: settings.cpus, ...(cpuOverride() ? { cpuModel: cpuOverride()! } : {}) },
+          verdicts: this.verdicts,
+          qemuVersion: install.version,
+        });
+        d(`${r.accelerator}${r.attempts.some((a) => a.cached) ? ' (known from an earlier probe)' : ''}`);
+        if (r.warning) this.warn(record, r.warning);
+        return r;
       });
       await step(record, 'disk', 'Prepare the data disk', async (d) => {
         const disk = await ensureDataDisk(install.img, this.paths.dataDisk, settings.diskGiB);
@@ -220,46 +225,77 @@ export class VmController extends EventEmitter {
       });
 
       await this.rotateLogs();
-      const cfg: VmConfig = {
-        accelerator: accel,
-        cpus: settings.cpus,
-        memoryMiB: settings.memoryMiB,
-        vmlinux: image.vmlinux,
-        initramfs: image.initramfs,
-        rootfs: image.rootfs,
-        dataDisk: this.paths.dataDisk,
-        cmdline: `${image.cmdline} berth.ip=${GUEST_NET.ip} berth.gw=${GUEST_NET.gw} berth.dns=${GUEST_NET.dns}`,
-        qmpSocket: this.paths.qmpSocket,
-        controlSocket: this.paths.controlSocket,
-        serialLog: this.paths.vmLog,
-        pidFile: this.paths.qemuPidFile,
-        instanceTag: this.paths.home,
-        ...(process.env.BERTH_QEMU_CPU ? { cpuModel: process.env.BERTH_QEMU_CPU } : {}),
-      };
       const deadline = Date.now() + settings.startTimeoutSec * 1000;
-      const started = await step(record, 'vm.launch', 'Launch QEMU', async (d) => {
-        const q = await QemuProcess.launch(install.system, cfg, this.paths.qemuLog, this.log.child('qemu'));
-        d(`pid ${q.pid}`);
-        return q;
-      });
-      qemu = started;
-      const exitedEarly = new Promise<never>((_, reject) => {
-        started.once('exit', (e: QemuExit) => reject(this.qemuExitError(e)));
-      });
-      exitedEarly.catch(() => {});
-      session = new GuestSession(this.paths, this.log.child('guest'));
-      const s = session;
-      s.connect();
-      const info: GuestInfo = await step(record, 'vm.boot', 'Boot the VM (kernel, init, agent)', async (d) => {
-        const i = await Promise.race([s.waitSession(remaining(deadline)), exitedEarly]);
-        const k = i.bootTimes?.initramfs;
-        d(k !== undefined ? `kernel reached init at ${k.toFixed(2)} s guest time` : 'agent connected');
-        return i;
-      });
-      await step(record, 'engine', 'Start the Docker engine', async (d) => {
-        const e: EngineReport = await Promise.race([s.waitEngineReady(remaining(deadline)), exitedEarly]);
-        d(e.readyAfterMs !== undefined ? `dockerd answered ${(e.readyAfterMs / 1000).toFixed(1)} s after the agent started` : 'ready');
-      });
+      /**
+       * Launches QEMU and waits for the agent and the engine. On failure it leaves `qemu` and
+       * `session` set for the cleanup below.
+       */
+      const boot = async (accelerator: Accelerator): Promise<{ started: QemuProcess; s: GuestSession; info: GuestInfo }> => {
+        const cfg: VmConfig = {
+          accelerator,
+          cpus: settings.cpus,
+          memoryMiB: settings.memoryMiB,
+          vmlinux: image.vmlinux,
+          initramfs: image.initramfs,
+          rootfs: image.rootfs,
+          dataDisk: this.paths.dataDisk,
+          cmdline: `${image.cmdline} berth.ip=${GUEST_NET.ip} berth.gw=${GUEST_NET.gw} berth.dns=${GUEST_NET.dns}`,
+          qmpSocket: this.paths.qmpSocket,
+          controlSocket: this.paths.controlSocket,
+          serialLog: this.paths.vmLog,
+          pidFile: this.paths.qemuPidFile,
+          instanceTag: this.paths.home,
+          ...(cpuOverride() ? { cpuModel: cpuOverride()! } : {}),
+        };
+        const started = await step(record, 'vm.launch', 'Launch QEMU', async (d) => {
+          const q = await QemuProcess.launch(install.system, cfg, this.paths.qemuLog, this.log.child('qemu'));
+          d(`pid ${q.pid}`);
+          return q;
+        });
+        qemu = started;
+        const exitedEarly = new Promise<never>((_, reject) => {
+          started.once('exit', (e: QemuExit) => reject(this.qemuExitError(e)));
+        });
+        exitedEarly.catch(() => {});
+        // A hardware accelerator that passed the probe can still fail later in the boot.
+        const accelFailure = accelerator === 'tcg' ? undefined : watchForAccelFailure(this.paths.qemuLog, accelerator);
+        const failures = accelFailure ? [exitedEarly, accelFailure.failed] : [exitedEarly];
+        const s = new GuestSession(this.paths, this.log.child('guest'));
+        session = s;
+        s.connect();
+        try {
+          const info: GuestInfo = await step(record, 'vm.boot', 'Boot the VM (kernel, init, agent)', async (d) => {
+            const i = await Promise.race([s.waitSession(remaining(deadline)), ...failures]);
+            const k = i.bootTimes?.initramfs;
+            d(k !== undefined ? `kernel reached init at ${k.toFixed(2)} s guest time` : 'agent connected');
+            return i;
+          });
+          await step(record, 'engine', 'Start the Docker engine', async (d) => {
+            const e: EngineReport = await Promise.race([s.waitEngineReady(remaining(deadline)), ...failures]);
+            d(e.readyAfterMs !== undefined ? `dockerd answered ${(e.readyAfterMs / 1000).toFixed(1)} s after the agent started` : 'ready');
+          });
+          return { started, s, info };
+        } finally {
+          accelFailure?.stop();
+        }
+      };
+      let accel = probe.accelerator;
+      let booted: Awaited<ReturnType<typeof boot>>;
+      try {
+        booted = await boot(accel);
+      } catch (err) {
+        const e = toBerthError(err);
+        if (!(e.code === 'ACCEL_FAILED_AT_RUNTIME' && settings.accelerator === 'auto')) throw err;
+        // The probe passed but the accelerator failed later: remember that, and boot again on TCG.
+        if (probe.verdictKey) await this.verdicts.set(probe.verdictKey, { ok: false, reason: e.message });
+        this.warn(record, fallbackWarning([{ accelerator: accel, ok: false, ms: 0, reason: e.message }]));
+        session?.close();
+        if (qemu && !qemu.hasExited) await qemu.quit(3000);
+        await this.rotateLogs();
+        accel = 'tcg';
+        booted = await boot(accel);
+      }
+      const { started, s, info } = booted;
       const running: Running = { qemu: started, session: s, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
       await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
         running.proxy = await this.startProxy(s);
@@ -354,6 +390,12 @@ export class VmController extends EventEmitter {
     });
   }
 
+  /** A warning for the user: shown now (progress) and kept in `status`. */
+  private warn(emit: ProgressListener, message: string): void {
+    this.warnings.push(message);
+    emit({ type: 'note', level: 'warn', message, at: Date.now() });
+  }
+
   private qemuExitError(e: QemuExit): BerthError {
     const how = e.signal ? `was killed by ${e.signal}` : e.code !== null ? `exited with status ${e.code}` : 'exited';
     return new BerthError('QEMU_EXITED', `The VM stopped unexpectedly: QEMU ${how}.`, {
@@ -417,6 +459,11 @@ interface VmFile {
   accelerator: Accelerator;
   image: ResolvedImage;
   bootId: string;
+}
+
+/** BERTH_QEMU_CPU: a CPU model override for experiments and benchmarks. */
+function cpuOverride(): string | undefined {
+  return process.env.BERTH_QEMU_CPU || undefined;
 }
 
 function remaining(deadline: number): number {

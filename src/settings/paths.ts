@@ -12,6 +12,8 @@ import { fileURLToPath } from 'node:url';
 export interface BerthPaths {
   home: string;
   cache: string;
+  /** Verdicts of the accelerator probe, per host boot (src/vm/accel-verdicts.ts). */
+  accelVerdicts: string;
   settings: string;
   runDir: string;
   daemonSocket: string;
@@ -42,6 +44,7 @@ export function resolvePaths(env: NodeJS.ProcessEnv = process.env): BerthPaths {
   return {
     home,
     cache,
+    accelVerdicts: path.join(cache, 'accel-verdicts.json'),
     settings: path.join(home, 'settings.json'),
     runDir,
     daemonSocket: path.join(runDir, 'daemon.sock'),

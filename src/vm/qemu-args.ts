@@ -4,10 +4,7 @@ import type { Accelerator } from './accel-probe.js';
  * Everything needed to build QEMU's command line. Pure data so the argv can be unit-tested
  * (no `cache=unsafe`, an explicit `format=` on every drive: Lima GHSA-f7qw-jj9c-rpq9).
  */
-export interface VmConfig {
-  accelerator: Accelerator;
-  cpus: number;
-  memoryMiB: number;
+export interface VmConfig extends MachineSpec {
   vmlinux: string;
   initramfs: string;
   rootfs: string;
@@ -19,8 +16,6 @@ export interface VmConfig {
   pidFile: string;
   /** Marker placed in `-name` so a restarted daemon can recognise its own QEMU in /proc. */
   instanceTag: string;
-  /** CPU model override (benchmarks and experiments); default: see buildQemuArgs. */
-  cpuModel?: string;
 }
 
 /** The virtio-serial port name the agent looks for in /sys/class/virtio-ports/. */
@@ -36,25 +31,12 @@ export const CONTROL_PORT_NAME = 'berth.control';
  * guest hangs. q35 calibrates against its PM timer. See docs/vm.md for the measurements.
  */
 export function buildQemuArgs(c: VmConfig): string[] {
-  const tcg = c.accelerator === 'tcg';
   const args: string[] = [
     '-name', `berth,process=berth-vm,debug-threads=on`,
-    '-machine', 'q35',
-    // Multi-threaded TCG runs one host thread per vCPU.
-    '-accel', tcg ? 'tcg,thread=multi' : c.accelerator,
-    '-cpu', c.cpuModel ?? (tcg ? 'max' : 'host'),
-    '-smp', String(c.cpus),
-    '-m', `${c.memoryMiB}M`,
-    '-nodefaults', '-no-user-config', '-display', 'none',
-    // Guest reboot or panic ends QEMU: the daemon decides what happens next.
-    '-no-reboot',
+    ...machineArgs(c),
     '-chardev', `file,id=console,path=${opt(c.serialLog)}`,
     '-serial', 'chardev:console',
-    '-kernel', c.vmlinux,
-    '-initrd', c.initramfs,
-    // Under TCG the TSCs of the vCPUs (host TSC reads) look unsynchronised to the kernel's check,
-    // which would demote the clock to HPET (an MMIO exit per read); they are in fact consistent.
-    '-append', tcg ? `${c.cmdline} tsc=reliable` : c.cmdline,
+    ...kernelArgs(c.accelerator, c.vmlinux, c.initramfs, c.cmdline),
     '-drive', `if=none,id=root,file=${opt(c.rootfs)},format=raw,readonly=on`,
     '-device', 'virtio-blk-pci,drive=root,serial=berth-root',
     // writeback (QEMU's default cache mode) honours guest flushes: an fsync in the guest reaches
@@ -78,6 +60,47 @@ export function buildQemuArgs(c: VmConfig): string[] {
     '-uuid', uuidFromTag(c.instanceTag),
   ];
   return args;
+}
+
+/** The machine every berth guest runs on: the VM itself, the accelerator's boot probe and the bench floor. */
+export interface MachineSpec {
+  accelerator: Accelerator;
+  cpus: number;
+  memoryMiB: number;
+  /** CPU model override (benchmarks and experiments); default `max` under TCG, `host` otherwise. */
+  cpuModel?: string;
+}
+
+/** The CPU model a machine runs with. */
+export function cpuModelFor(m: Pick<MachineSpec, 'accelerator' | 'cpuModel'>): string {
+  return m.cpuModel ?? (m.accelerator === 'tcg' ? 'max' : 'host');
+}
+
+/** Machine, accelerator, CPU, memory, and no default devices or display. */
+export function machineArgs(m: MachineSpec): string[] {
+  const tcg = m.accelerator === 'tcg';
+  return [
+    '-machine', 'q35',
+    // Multi-threaded TCG runs one host thread per vCPU.
+    '-accel', tcg ? 'tcg,thread=multi' : m.accelerator,
+    '-cpu', cpuModelFor(m),
+    '-smp', String(m.cpus),
+    '-m', `${m.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    // Guest reboot or panic ends QEMU: the daemon decides what happens next.
+    '-no-reboot',
+  ];
+}
+
+/** Direct kernel boot of the uncompressed vmlinux (PVH entry point) with the initramfs. */
+export function kernelArgs(accelerator: Accelerator, vmlinux: string, initramfs: string, cmdline: string): string[] {
+  return [
+    '-kernel', vmlinux,
+    '-initrd', initramfs,
+    // Under TCG the TSCs of the vCPUs (host TSC reads) look unsynchronised to the kernel's check,
+    // which would demote the clock to HPET (an MMIO exit per read); they are in fact consistent.
+    '-append', accelerator === 'tcg' ? `${cmdline} tsc=reliable` : cmdline,
+  ];
 }
 
 /** QEMU's option parser splits on commas; a literal comma in a value is written twice. */

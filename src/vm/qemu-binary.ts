@@ -59,7 +59,7 @@ export async function findQemu(env: NodeJS.ProcessEnv = process.env): Promise<Qe
   }
   const [major = 0, minor = 0] = version.split('.').map(Number);
   if (version !== 'unknown' && (major < 7 || (major === 7 && minor < 2))) {
-    throw new BerthError('QEMU_FAILED', `QEMU ${version} is too old; berth needs 7.2 or newer (microvm + netdev stream).`, {
+    throw new BerthError('QEMU_FAILED', `QEMU ${version} is too old; berth needs 7.2 or newer (for -netdev stream).`, {
       hint: 'Install a newer QEMU (Debian 12 ships 7.2).',
     });
   }

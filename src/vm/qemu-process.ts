@@ -72,8 +72,18 @@ export class QemuProcess extends EventEmitter {
     try {
       qmp = await QmpClient.connect(cfg.qmpSocket);
     } catch (err) {
-      safeKill(child.pid, 'SIGKILL');
-      throw err;
+      // QEMU creates the QMP socket before it sets up the vCPUs; a QEMU that aborts there (an
+      // unsupported CPU model under KVM, say) closes QMP first. Its own message says more.
+      await sleep(200);
+      if (!early) safeKill(child.pid, 'SIGKILL');
+      const tail = await readTail(qemuLog, 20);
+      const exited = early as QemuExit | undefined;
+      if (!exited || !tail.trim()) throw err;
+      throw new BerthError('QEMU_FAILED', `QEMU failed to start (exit ${exited.code ?? exited.signal}): ${lastLine(tail)}.`, {
+        hint: `See ${qemuLog} for QEMU's own messages.`,
+        details: { qemuLogTail: tail },
+        cause: err,
+      });
     }
     const proc = new QemuProcess(child.pid, qmp, false, log);
     if (early) {
