@@ -61,10 +61,30 @@ export class DaemonClient {
     return this.getJson('/v1/status') as Promise<StatusReport>;
   }
 
-  /** POSTs to a streaming route; calls `onLine` per progress line and resolves with the result. */
-  stream(route: string, onLine: (event: ProgressEvent) => void): Promise<StatusReport> {
+  /**
+   * POSTs to a streaming route (starting the daemon if needed); calls `onLine` per progress line
+   * and resolves with the result. A daemon that closes the connection without answering at all was
+   * exiting when the request arrived (idle exit after a stop): the request is sent once more, to a
+   * fresh daemon. Lifecycle routes are idempotent, so the retry is safe.
+   */
+  async stream(route: string, onLine: (event: ProgressEvent) => void): Promise<StatusReport> {
+    await this.ensureRunning();
+    try {
+      return await this.streamOnce(route, onLine);
+    } catch (err) {
+      if (!(err instanceof BerthError && err.details?.noAnswer === true)) throw err;
+      const deadline = Date.now() + 5_000;
+      while (Date.now() < deadline && (await this.isRunning())) await new Promise((r) => setTimeout(r, 100));
+      await this.ensureRunning();
+      return this.streamOnce(route, onLine);
+    }
+  }
+
+  private streamOnce(route: string, onLine: (event: ProgressEvent) => void): Promise<StatusReport> {
     return new Promise((resolve, reject) => {
+      let answered = false;
       const req = http.request({ socketPath: this.paths.daemonSocket, path: route, method: 'POST' }, (res) => {
+        answered = true;
         let buf = '';
         let result: StreamLine | undefined;
         res.setEncoding('utf8');
@@ -89,7 +109,11 @@ export class DaemonClient {
           }
         });
       });
-      req.on('error', (err) => reject(unreachable(this.paths, err)));
+      req.on('error', (err) => {
+        const e = unreachable(this.paths, err);
+        // No response at all: the request never reached a daemon that acted on it.
+        reject(answered ? e : new BerthError(e.code, e.message, { ...(e.hint ? { hint: e.hint } : {}), cause: err, details: { noAnswer: true } }));
+      });
       req.end();
     });
   }

@@ -93,7 +93,6 @@ export async function main(argv: string[]): Promise<number> {
 
 async function lifecycle(paths: BerthPaths, args: ParsedArgs, route: string, out: Out): Promise<number> {
   const client = new DaemonClient(paths);
-  await client.ensureRunning();
   const render = args.json ? (e: ProgressEvent) => out.write(JSON.stringify(e) + '\n') : progressRenderer(out, process.stdout.isTTY === true);
   if (!args.json) out.write(route.startsWith('/v1/restart') ? 'berth: restarting\n' : 'berth: starting\n');
   const status = await client.stream(route, render);
@@ -118,7 +117,6 @@ async function stop(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<numb
       else out.write('berth is not running; nothing to stop.\n');
       return 0;
     }
-    await client.ensureRunning();
   }
   const render = args.json ? (e: ProgressEvent) => out.write(JSON.stringify(e) + '\n') : progressRenderer(out, process.stdout.isTTY === true);
   if (!args.json) out.write('berth: stopping\n');

@@ -38,8 +38,13 @@ async function main(): Promise<void> {
     logStream.end(() => process.exit(code));
   };
   const api = new ApiServer(paths.daemonSocket, vm, log.child('api'), () => {
-    // After a clean stop nothing is left to own: exit, so an idle berth costs no memory.
-    setTimeout(() => void exit(0), 100);
+    // After a clean stop nothing is left to own: exit, so an idle berth costs no memory. Unless a
+    // new start arrived meanwhile (`berth stop; berth start`): the check and the exit happen in
+    // one turn of the event loop, and a request that arrives after it gets no answer, which the
+    // CLI retries against a fresh daemon (DaemonClient.stream).
+    setTimeout(() => {
+      if (vm.idle) void exit(0);
+    }, 100);
   });
   await vm.adoptExisting();
   await api.listen();

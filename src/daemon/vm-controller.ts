@@ -18,6 +18,8 @@ import { DockerProxy } from '../api/docker-proxy.js';
 import { registerDockerContext } from './docker-context.js';
 import { prepareSocketPath } from '../util/unix-socket.js';
 import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
+import { guestNetwork } from './guest-network.js';
+import { NetService } from '../net/net-service.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
 import type { PhaseTiming, StatusReport, VmState } from './api-types.js';
 
@@ -35,12 +37,11 @@ import type { PhaseTiming, StatusReport, VmState } from './api-types.js';
  * reported), and never touches the data disk beyond what QEMU itself does.
  */
 
-/** Guest network for QEMU's user-mode network (issue 3 replaces it with berth's own translator). */
-const GUEST_NET = { ip: '10.0.2.15/24', gw: '10.0.2.2', dns: '10.0.2.3' };
-
 interface Running {
   qemu: QemuProcess;
   session: GuestSession;
+  /** The network translator (absent with QEMU's user network). */
+  net: NetService | undefined;
   proxy: DockerProxy | undefined;
   accelerator: Accelerator;
   image: ResolvedImage;
@@ -70,6 +71,11 @@ export class VmController extends EventEmitter {
     return this.state;
   }
 
+  /** Stopped with no operation under way: nothing for the daemon to own. */
+  get idle(): boolean {
+    return this.state === 'stopped' && this.op === undefined;
+  }
+
   /** Re-attaches to a VM an earlier daemon left running. Called once at daemon start. */
   async adoptExisting(): Promise<void> {
     const qemu = await QemuProcess.adopt(this.paths.qemuPidFile, this.paths.qmpSocket, this.paths.home, this.log.child('qemu'));
@@ -83,7 +89,10 @@ export class VmController extends EventEmitter {
       session.connect();
       await session.waitSession(30_000);
       const image = saved?.image ?? (await this.images.current());
-      const running: Running = { qemu, session, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
+      const network = guestNetwork(this.settings, this.paths);
+      const net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
+      net?.start();
+      const running: Running = { qemu, session, net, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
       this.running = running;
       this.watch(running);
       await session.waitEngineReady(60_000);
@@ -191,6 +200,7 @@ export class VmController extends EventEmitter {
     this.warnings = [];
     let qemu: QemuProcess | undefined;
     let session: GuestSession | undefined;
+    let net: NetService | undefined;
     try {
       const settings = await step(record, 'settings', 'Read settings', async () => readSettings(this.paths.settings));
       this.settings = settings;
@@ -230,8 +240,10 @@ export class VmController extends EventEmitter {
        * Launches QEMU and waits for the agent and the engine. On failure it leaves `qemu` and
        * `session` set for the cleanup below.
        */
+      const network = guestNetwork(settings, this.paths);
       const boot = async (accelerator: Accelerator): Promise<{ started: QemuProcess; s: GuestSession; info: GuestInfo }> => {
         const cfg: VmConfig = {
+          network: network.vm,
           accelerator,
           cpus: settings.cpus,
           memoryMiB: settings.memoryMiB,
@@ -239,7 +251,7 @@ export class VmController extends EventEmitter {
           initramfs: image.initramfs,
           rootfs: image.rootfs,
           dataDisk: this.paths.dataDisk,
-          cmdline: `${image.cmdline} berth.ip=${GUEST_NET.ip} berth.gw=${GUEST_NET.gw} berth.dns=${GUEST_NET.dns}`,
+          cmdline: `${image.cmdline} ${network.cmdline}`,
           qmpSocket: this.paths.qmpSocket,
           controlSocket: this.paths.controlSocket,
           serialLog: this.paths.vmLog,
@@ -253,6 +265,10 @@ export class VmController extends EventEmitter {
           return q;
         });
         qemu = started;
+        // The translator connects to QEMU's network socket (it retries until QEMU listens).
+        net?.stop().catch(() => {});
+        net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
+        net?.start();
         const exitedEarly = new Promise<never>((_, reject) => {
           started.once('exit', (e: QemuExit) => reject(this.qemuExitError(e)));
         });
@@ -296,7 +312,7 @@ export class VmController extends EventEmitter {
         booted = await boot(accel);
       }
       const { started, s, info } = booted;
-      const running: Running = { qemu: started, session: s, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      const running: Running = { qemu: started, session: s, net, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
       await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
         running.proxy = await this.startProxy(s);
         const ms = await pingDockerThroughProxy(dockerSocket);
@@ -320,6 +336,7 @@ export class VmController extends EventEmitter {
       this.log.error('start failed', { code: e.code, err: e.message });
       // Leave nothing half-started behind.
       if (session) session.close();
+      await net?.stop();
       if (qemu && !qemu.hasExited) await qemu.quit(3000);
       await this.teardown(false);
       const consoleTail = await readTail(this.paths.vmLog, 25);
@@ -346,6 +363,8 @@ export class VmController extends EventEmitter {
       return this.status();
     }
     this.state = 'stopping';
+    // Warnings of the start (e.g. the TCG fallback) are not news at stop time.
+    this.warnings = [];
     let forced: string | undefined;
     await step(emit, 'stop.api', 'Stop serving the Docker API', async () => {
       await r.proxy?.close();
@@ -417,11 +436,12 @@ export class VmController extends EventEmitter {
     if (r) {
       await r.proxy?.close().catch(() => {});
       r.session.close();
+      await r.net?.stop();
       if (killQemu && !r.qemu.hasExited) await r.qemu.quit(3000);
     }
     const dockerSocket = this.settings?.dockerSocket ?? this.paths.defaultDockerSocket;
     // Only our own leftovers: prepareSocketPath refuses non-sockets and live sockets.
-    for (const p of [this.paths.qmpSocket, this.paths.controlSocket, this.paths.qemuPidFile, this.paths.vmStateFile]) {
+    for (const p of [this.paths.qmpSocket, this.paths.controlSocket, this.paths.netSocket, this.paths.qemuPidFile, this.paths.vmStateFile]) {
       await fs.rm(p, { force: true }).catch(() => {});
     }
     await prepareSocketPath(dockerSocket, 'Docker API socket').catch(() => {});

@@ -20,6 +20,8 @@ export interface BerthPaths {
   defaultDockerSocket: string;
   qmpSocket: string;
   controlSocket: string;
+  /** QEMU's -netdev stream socket; the network translator connects to it. */
+  netSocket: string;
   qemuPidFile: string;
   daemonPidFile: string;
   vmStateFile: string;
@@ -51,6 +53,7 @@ export function resolvePaths(env: NodeJS.ProcessEnv = process.env): BerthPaths {
     defaultDockerSocket: path.join(runDir, 'docker.sock'),
     qmpSocket: path.join(runDir, 'qmp.sock'),
     controlSocket: path.join(runDir, 'control.sock'),
+    netSocket: path.join(runDir, 'net.sock'),
     qemuPidFile: path.join(runDir, 'qemu.pid'),
     daemonPidFile: path.join(runDir, 'daemon.pid'),
     vmStateFile: path.join(runDir, 'vm.json'),

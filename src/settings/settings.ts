@@ -24,9 +24,35 @@ export interface Settings {
   startTimeoutSec: number;
   /** Seconds `stop` waits for a clean shutdown before forcing the VM off. */
   stopTimeoutSec: number;
+  /** The guest network (docs/network.md "Address plan"). */
+  'network.subnet': string;
+  /** MTU of the guest link and of dockerd's bridges. */
+  'network.mtu': number;
+  /** Let containers reach 169.254.0.0/16 (cloud metadata services). */
+  'network.allowLinkLocal': boolean;
+  /** "berth" (the translator) or "qemu-user" (QEMU's built-in slirp: no port publishing; a fallback). */
+  'network.backend': 'berth' | 'qemu-user';
+  /** Host address for ports published without one (`-p 8080:80`). */
+  'ports.defaultAddress': '127.0.0.1' | '0.0.0.0';
+  /** Forwards to ports opened in the VM outside Docker: "tcp:8022:22", "udp:127.0.0.1:5353:53". */
+  'ports.extra': string[];
 }
 
-export const SETTING_KEYS = ['cpus', 'memoryMiB', 'diskGiB', 'accelerator', 'dockerSocket', 'startTimeoutSec', 'stopTimeoutSec'] as const;
+export const SETTING_KEYS = [
+  'cpus',
+  'memoryMiB',
+  'diskGiB',
+  'accelerator',
+  'dockerSocket',
+  'startTimeoutSec',
+  'stopTimeoutSec',
+  'network.subnet',
+  'network.mtu',
+  'network.allowLinkLocal',
+  'network.backend',
+  'ports.defaultAddress',
+  'ports.extra',
+] as const;
 export type SettingKey = (typeof SETTING_KEYS)[number];
 
 export function defaultSettings(): Settings {
@@ -38,6 +64,12 @@ export function defaultSettings(): Settings {
     dockerSocket: null,
     startTimeoutSec: 180,
     stopTimeoutSec: 30,
+    'network.subnet': '198.19.248.0/24',
+    'network.mtu': 65520,
+    'network.allowLinkLocal': false,
+    'network.backend': 'berth',
+    'ports.defaultAddress': '127.0.0.1',
+    'ports.extra': [],
   };
 }
 
@@ -62,7 +94,67 @@ const RULES: Record<SettingKey, Rule> = {
   },
   startTimeoutSec: intRule(10, 3600),
   stopTimeoutSec: intRule(1, 600),
+  'network.subnet': { check: (v) => (typeof v === 'string' ? subnetProblem(v) : 'an IPv4 network in CIDR form, like "198.19.248.0/24"') },
+  'network.mtu': intRule(1280, 65520),
+  'network.allowLinkLocal': boolRule(),
+  'network.backend': { check: (v) => (v === 'berth' || v === 'qemu-user' ? undefined : '"berth" or "qemu-user"') },
+  'ports.defaultAddress': { check: (v) => (v === '127.0.0.1' || v === '0.0.0.0' ? undefined : '"127.0.0.1" or "0.0.0.0"') },
+  'ports.extra': {
+    check: (v) => {
+      const what = 'a list of at most 64 forwards like "tcp:8022:22" or "udp:127.0.0.1:5353:53"';
+      if (!Array.isArray(v) || v.length > 64) return what;
+      for (const e of v) if (typeof e !== 'string' || !parseExtraForward(e)) return `${what} (${JSON.stringify(e)} is not one)`;
+      return undefined;
+    },
+  },
 };
+
+function boolRule(): Rule {
+  return { check: (v) => (typeof v === 'boolean' ? undefined : 'true or false') };
+}
+
+/** An extra forward: a host port to a port of the VM itself. */
+export interface ExtraForward {
+  proto: 'tcp' | 'udp';
+  hostIp: string;
+  hostPort: number;
+  vmPort: number;
+}
+
+/** Parses "proto:[hostIp:]hostPort:vmPort"; undefined if malformed. */
+export function parseExtraForward(text: string): ExtraForward | undefined {
+  const m = /^(tcp|udp):(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const hostPort = Number(m[3]);
+  const vmPort = Number(m[4]);
+  if (hostPort < 1 || hostPort > 65535 || vmPort < 1 || vmPort > 65535) return undefined;
+  const hostIp = m[2] ?? '127.0.0.1';
+  if (hostIp.split('.').some((o) => Number(o) > 255)) return undefined;
+  return { proto: m[1] as 'tcp' | 'udp', hostIp, hostPort, vmPort };
+}
+
+/**
+ * Why a guest subnet is unusable, or undefined. It must be a /24 or larger IPv4 network and must
+ * not overlap what the VM itself uses: loopback, link-local, multicast, and Docker's bridge pool
+ * 172.16.0.0/12 (docker0 is 172.17.0.0/16 inside the VM).
+ */
+function subnetProblem(text: string): string | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(text);
+  const what = 'an IPv4 network of /24 or larger in CIDR form, like "198.19.248.0/24", not inside 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/4 or Docker\'s 172.16.0.0/12';
+  if (!m) return what;
+  const octets = m.slice(1, 5).map(Number);
+  const prefix = Number(m[5]);
+  if (octets.some((o) => o > 255) || prefix < 8 || prefix > 24) return what;
+  const ip = ((octets[0]! << 24) | (octets[1]! << 16) | (octets[2]! << 8) | octets[3]!) >>> 0;
+  const mask = (0xffffffff << (32 - prefix)) >>> 0;
+  if ((ip & ~mask) >>> 0 !== 0) return `${what} (host bits are set)`;
+  const overlaps = (net: number, bits: number) => {
+    const m2 = (0xffffffff << (32 - Math.min(bits, prefix))) >>> 0;
+    return ((ip & m2) >>> 0) === ((net & m2) >>> 0);
+  };
+  if (overlaps(0x7f000000, 8) || overlaps(0xa9fe0000, 16) || overlaps(0xe0000000, 4) || overlaps(0xac100000, 12) || octets[0] === 0) return what;
+  return undefined;
+}
 
 function intRule(min: number, max: number): Rule {
   return {
@@ -150,8 +242,17 @@ export async function setSetting(file: string, key: string, value: string): Prom
   return settings;
 }
 
+/** A command-line value: null, true/false, an integer, a JSON list or object, else the string itself. */
 function parseValue(value: string): unknown {
   if (value === 'null') return null;
+  if (value === 'true' || value === 'false') return value === 'true';
   if (/^-?\d+$/.test(value)) return Number(value);
+  if (/^\s*[[{]/.test(value)) {
+    try {
+      return JSON.parse(value);
+    } catch {
+      return value;
+    }
+  }
   return value;
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { buildQemuArgs, uuidFromTag, type VmConfig } from './qemu-args.js';
 
 const cfg: VmConfig = {
+  network: { kind: 'stream', socket: '/h/run/net.sock', mac: '02:b3:27:00:00:02', mtu: 65520 },
   accelerator: 'tcg', cpus: 2, memoryMiB: 2048, vmlinux: '/c/vmlinux', initramfs: '/c/initramfs.cpio', rootfs: '/c/root,fs.squashfs',
   dataDisk: '/h/data.qcow2', cmdline: 'console=ttyS0', qmpSocket: '/h/run/qmp.sock', controlSocket: '/h/run/control.sock',
   serialLog: '/h/logs/vm.log', pidFile: '/h/run/qemu.pid', instanceTag: '/h',
@@ -33,10 +34,18 @@ test('tcg uses multi-threaded TCG and the max CPU model; kvm uses the host CPU',
   assert.deepEqual(values(k, '-cpu'), ['host']);
 });
 
-test('no network listener of QEMU is opened on the host: only Unix sockets and the user network', () => {
-  const args = buildQemuArgs(cfg).join(' ');
-  assert.doesNotMatch(args, /hostfwd|tcp:|telnet|vnc|spice|-gdb/);
+test('no network listener of QEMU is opened on the host: only Unix sockets in the run directory', () => {
+  for (const network of [cfg.network, { kind: 'user' as const, mac: '02:b3:27:00:00:02' }]) {
+    const args = buildQemuArgs({ ...cfg, network }).join(' ');
+    assert.doesNotMatch(args, /hostfwd|tcp:|inet|telnet|vnc|spice|-gdb/);
+  }
   for (const c of values(buildQemuArgs(cfg), '-chardev').filter((c) => c.startsWith('socket'))) assert.match(c, /path=\/h\/run\//);
+});
+
+test('the translator network: QEMU listens on a Unix socket, the NIC has the MAC and the MTU', () => {
+  const args = buildQemuArgs(cfg);
+  assert.deepEqual(values(args, '-netdev'), ['stream,id=net0,server=on,addr.type=unix,addr.path=/h/run/net.sock']);
+  assert.deepEqual(values(args, '-device').filter((d) => d.startsWith('virtio-net')), ['virtio-net-pci,netdev=net0,mac=02:b3:27:00:00:02,host_mtu=65520,romfile=']);
 });
 
 test('the instance UUID is stable per home and differs between homes', () => {

@@ -4,7 +4,17 @@ import type { Accelerator } from './accel-probe.js';
  * Everything needed to build QEMU's command line. Pure data so the argv can be unit-tested
  * (no `cache=unsafe`, an explicit `format=` on every drive: Lima GHSA-f7qw-jj9c-rpq9).
  */
+/** The guest's network card and what it is plugged into (docs/network.md). */
+export type VmNetwork =
+  /** berth's translator: QEMU listens on a Unix socket, the translator connects. */
+  | { kind: 'stream'; socket: string; mac: string; mtu: number }
+  /** QEMU's built-in user network (libslirp). */
+  | { kind: 'user'; mac: string }
+  /** An external translator listening on a Unix socket (passt, for the benchmarks' anchors). */
+  | { kind: 'stream-client'; socket: string; mac: string; mtu: number };
+
 export interface VmConfig extends MachineSpec {
+  network: VmNetwork;
   vmlinux: string;
   initramfs: string;
   rootfs: string;
@@ -43,10 +53,7 @@ export function buildQemuArgs(c: VmConfig): string[] {
     // the host disk. discard lets fstrim in the guest give space back to the sparse qcow2.
     '-drive', `if=none,id=data,file=${opt(c.dataDisk)},format=qcow2,discard=unmap,detect-zeroes=unmap`,
     '-device', 'virtio-blk-pci,drive=data,serial=berth-data',
-    '-netdev', 'user,id=net0',
-    // romfile= : no iPXE option ROM. We never network-boot, and SeaBIOS loading it costs ~1 s
-    // under TCG (measured: init at 3.0 s instead of 4.0 s).
-    '-device', 'virtio-net-pci,netdev=net0,romfile=',
+    ...networkArgs(c.network),
     '-device', 'virtio-rng-pci',
     '-device', 'virtio-serial-pci,max_ports=4',
     // QEMU listens; the daemon connects. QEMU keeps listening after a disconnect, so a restarted
@@ -101,6 +108,19 @@ export function kernelArgs(accelerator: Accelerator, vmlinux: string, initramfs:
     // which would demote the clock to HPET (an MMIO exit per read); they are in fact consistent.
     '-append', accelerator === 'tcg' ? `${cmdline} tsc=reliable` : cmdline,
   ];
+}
+
+function networkArgs(n: VmNetwork): string[] {
+  const netdev =
+    n.kind === 'user'
+      ? 'user,id=net0'
+      : // server=on for berth: QEMU (7.2 has no reconnect for a stream client) listens, and listens
+        // again after a disconnect, so a restarted translator or daemon simply reconnects.
+        `stream,id=net0,server=${n.kind === 'stream' ? 'on' : 'off'},addr.type=unix,addr.path=${opt(n.socket)}`;
+  // host_mtu: the MTU the guest driver uses (VIRTIO_NET_F_MTU). romfile= : no iPXE option ROM; we
+  // never network-boot, and SeaBIOS loading it costs ~1 s under TCG (init at 3.0 s instead of 4.0 s).
+  const mtu = n.kind === 'user' ? '' : `,host_mtu=${n.mtu}`;
+  return ['-netdev', netdev, '-device', `virtio-net-pci,netdev=net0,mac=${n.mac}${mtu},romfile=`];
 }
 
 /** QEMU's option parser splits on commas; a literal comma in a value is written twice. */

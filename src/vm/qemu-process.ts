@@ -38,7 +38,8 @@ export class QemuProcess extends EventEmitter {
 
   static async launch(qemuBinary: string, cfg: VmConfig, qemuLog: string, log: Logger): Promise<QemuProcess> {
     const args = buildQemuArgs(cfg);
-    for (const p of [cfg.qmpSocket, cfg.controlSocket, cfg.pidFile]) await fsp.rm(p, { force: true });
+    const sockets = [cfg.qmpSocket, cfg.controlSocket, ...(cfg.network.kind === 'stream' ? [cfg.network.socket] : [])];
+    for (const p of [...sockets, cfg.pidFile]) await fsp.rm(p, { force: true });
     const out = fs.openSync(qemuLog, 'w');
     log.info('launching qemu', { cmd: [qemuBinary, ...args].join(' ') });
     const child = spawn(qemuBinary, args, { detached: true, stdio: ['ignore', out, out] });

@@ -1,0 +1,48 @@
+import { formatIp4 } from '../net/address.js';
+import { planFor } from '../net/policy.js';
+import type { NetWorkerConfig } from '../net/worker-protocol.js';
+import type { BerthPaths } from '../settings/paths.js';
+import type { Settings } from '../settings/settings.js';
+import type { VmNetwork } from '../vm/qemu-args.js';
+
+/**
+ * The guest network of one start, derived from the settings (docs/network.md "Address plan"):
+ * what QEMU gets, what the kernel command line tells the guest, and the translator's configuration.
+ */
+export const GUEST_MAC = '02:b3:27:00:00:02';
+export const TRANSLATOR_MAC = '02:b3:27:00:00:01';
+/** QEMU's user network puts the host at 10.0.2.2. */
+const SLIRP_HOST = '10.0.2.2';
+
+export interface GuestNetwork {
+  vm: VmNetwork;
+  /** Kernel command-line words for the guest's init and engine. */
+  cmdline: string;
+  /** The translator's configuration; undefined with QEMU's user network. */
+  translator: NetWorkerConfig | undefined;
+  /** The host as the guest sees it (host.docker.internal). */
+  hostAlias: string;
+}
+
+export function guestNetwork(settings: Settings, paths: BerthPaths): GuestNetwork {
+  if (settings['network.backend'] === 'qemu-user') {
+    return { vm: { kind: 'user', mac: GUEST_MAC }, cmdline: `berth.hostalias=${SLIRP_HOST}`, translator: undefined, hostAlias: SLIRP_HOST };
+  }
+  const plan = planFor(settings['network.subnet']);
+  const mtu = settings['network.mtu'];
+  const hostAlias = formatIp4(plan.hostAlias);
+  return {
+    vm: { kind: 'stream', socket: paths.netSocket, mac: GUEST_MAC, mtu },
+    cmdline: `berth.hostalias=${hostAlias}`,
+    translator: {
+      socketPath: paths.netSocket,
+      subnet: settings['network.subnet'],
+      mtu,
+      allowLinkLocal: settings['network.allowLinkLocal'],
+      translatorMac: TRANSLATOR_MAC,
+      guestMac: GUEST_MAC,
+      deniedHostPorts: [],
+    },
+    hostAlias,
+  };
+}

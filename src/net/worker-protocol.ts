@@ -1,0 +1,29 @@
+import type { ForwardSpec, ForwardState } from './port-forwarder.js';
+import type { StackStats } from './stack.js';
+
+/** Messages between the daemon (NetService) and the translator's worker thread. */
+
+export interface NetWorkerConfig {
+  /** QEMU's `-netdev stream` Unix socket. */
+  socketPath: string;
+  subnet: string;
+  mtu: number;
+  allowLinkLocal: boolean;
+  /** The translator's MAC and the VM's (static DHCP lease). */
+  translatorMac: string;
+  guestMac: string;
+  /** Host TCP ports of berth itself that the guest must not reach through the host alias. */
+  deniedHostPorts: number[];
+}
+
+export type ToWorker =
+  | { type: 'forwards'; forwards: ForwardSpec[] }
+  | { type: 'stats'; id: number }
+  | { type: 'stop' };
+
+export type FromWorker =
+  | { type: 'link'; up: boolean }
+  | { type: 'forward-states'; states: ForwardState[] }
+  | { type: 'stats'; id: number; stats: StackStats & { link: { sent: number; received: number; up: boolean } } }
+  | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> }
+  | { type: 'stopped' };
