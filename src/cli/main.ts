@@ -10,6 +10,7 @@ import { runShell } from './shell.js';
 import { showLogs, LOG_NAMES } from './logs.js';
 import { runVersion } from './version.js';
 import { runImageBuild } from './image.js';
+import { showPorts } from './ports.js';
 import { isOurQemu, readPid } from '../vm/qemu-process.js';
 import type { StatusReport } from '../daemon/api-types.js';
 
@@ -27,6 +28,7 @@ Commands:
   stop                       Stop the engine cleanly and power the VM off
   restart                    stop, then start
   status                     Show the state (--json: state, dockerHost, accelerator, cpus, memoryMiB, ...)
+  ports                      Published ports: host address, container, state (--json)
   shell [-t|-T] [-- CMD...]  Run CMD (or an interactive shell) inside the VM; its exit code is passed back
   logs [${LOG_NAMES.join('|')}] [-f] [-n N]
                              Show a log (default: engine); -f follows it
@@ -69,6 +71,8 @@ export async function main(argv: string[]): Promise<number> {
         return await lifecycle(paths, args, '/v1/restart', out);
       case 'status':
         return await status(paths, args, out);
+      case 'ports':
+        return await showPorts(new DaemonClient(paths), args, out);
       case 'shell':
         return await runShell(new DaemonClient(paths), args);
       case 'logs':

@@ -45,6 +45,8 @@ export class ApiServer {
     switch (key) {
       case 'GET /v1/status':
         return sendJson(res, 200, await this.vm.status());
+      case 'GET /v1/ports':
+        return sendJson(res, 200, this.vm.ports());
       case 'POST /v1/start':
         return this.streamOp(res, (p) => this.vm.start(p, { switchContext: url.searchParams.get('switchContext') === '1' }));
       case 'POST /v1/stop': {

@@ -10,6 +10,7 @@ import type { Accelerator } from '../vm/accel-probe.js';
  *   POST /v1/start             → NDJSON stream of ProgressEvent, then one ResultLine
  *   POST /v1/stop              → same; the daemon exits after a successful stop
  *   POST /v1/restart           → same
+ *   GET  /v1/ports             → PortsReport
  *   GET  /v1/exec (Upgrade: berth-exec, header X-Berth-Exec: base64 JSON ExecRequest)
  *                              → 101, then the exec sub-protocol (docs/control.md)
  */
@@ -61,4 +62,25 @@ export interface ExecRequest {
   cols?: number;
   rows?: number;
   cwd?: string;
+}
+
+/** One published port (`berth ports`). */
+export interface PortReport {
+  proto: 'tcp' | 'udp';
+  hostIp: string;
+  hostPort: number;
+  /** Where the connection goes inside the VM: the container's address and port. */
+  guestIp: string;
+  guestPort: number;
+  containerId: string;
+  containerName: string;
+  state: 'pending' | 'listening' | 'failed';
+  /** Why it failed (e.g. the host port is taken), when it did. */
+  error?: string;
+}
+
+export interface PortsReport {
+  /** "berth" (the translator publishes ports), "qemu-user" (no publishing) or "none" (not running). */
+  backend: string;
+  forwards: PortReport[];
 }

@@ -13,6 +13,7 @@ export const GUEST_MAC = '02:b3:27:00:00:02';
 export const TRANSLATOR_MAC = '02:b3:27:00:00:01';
 /** QEMU's user network puts the host at 10.0.2.2. */
 const SLIRP_HOST = '10.0.2.2';
+const SLIRP_GUEST = '10.0.2.15';
 
 export interface GuestNetwork {
   vm: VmNetwork;
@@ -22,11 +23,13 @@ export interface GuestNetwork {
   translator: NetWorkerConfig | undefined;
   /** The host as the guest sees it (host.docker.internal). */
   hostAlias: string;
+  /** The VM's own address on its network. */
+  guestIp: string;
 }
 
 export function guestNetwork(settings: Settings, paths: BerthPaths): GuestNetwork {
   if (settings['network.backend'] === 'qemu-user') {
-    return { vm: { kind: 'user', mac: GUEST_MAC }, cmdline: `berth.hostalias=${SLIRP_HOST}`, translator: undefined, hostAlias: SLIRP_HOST };
+    return { vm: { kind: 'user', mac: GUEST_MAC }, cmdline: `berth.hostalias=${SLIRP_HOST}`, translator: undefined, hostAlias: SLIRP_HOST, guestIp: SLIRP_GUEST };
   }
   const plan = planFor(settings['network.subnet']);
   const mtu = settings['network.mtu'];
@@ -44,5 +47,6 @@ export function guestNetwork(settings: Settings, paths: BerthPaths): GuestNetwor
       deniedHostPorts: [],
     },
     hostAlias,
+    guestIp: formatIp4(plan.guest),
   };
 }

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import http from 'node:http';
 import { BerthError, toBerthError, type SerializedError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -18,10 +19,12 @@ import { DockerProxy } from '../api/docker-proxy.js';
 import { registerDockerContext } from './docker-context.js';
 import { prepareSocketPath } from '../util/unix-socket.js';
 import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
-import { guestNetwork } from './guest-network.js';
+import { guestNetwork, type GuestNetwork } from './guest-network.js';
+import { PortPublisher } from '../ports/publisher.js';
+import { extraForwards } from '../ports/forwards.js';
 import { NetService } from '../net/net-service.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
-import type { PhaseTiming, StatusReport, VmState } from './api-types.js';
+import type { PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 
 /**
  * Owns the VM of one berth home: the lifecycle state machine
@@ -42,6 +45,8 @@ interface Running {
   session: GuestSession;
   /** The network translator (absent with QEMU's user network). */
   net: NetService | undefined;
+  network: GuestNetwork;
+  publisher: PortPublisher | undefined;
   proxy: DockerProxy | undefined;
   accelerator: Accelerator;
   image: ResolvedImage;
@@ -89,14 +94,16 @@ export class VmController extends EventEmitter {
       session.connect();
       await session.waitSession(30_000);
       const image = saved?.image ?? (await this.images.current());
-      const network = guestNetwork(this.settings, this.paths);
+      // The guest was configured for the network of its start, whatever the settings say now.
+      const network = saved?.network ?? guestNetwork(this.settings, this.paths);
       const net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
       net?.start();
-      const running: Running = { qemu, session, net, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
+      const running: Running = { qemu, session, net, network, publisher: undefined, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
       this.running = running;
       this.watch(running);
       await session.waitEngineReady(60_000);
       running.proxy = await this.startProxy(session);
+      running.publisher = this.startPublisher(running);
       this.state = 'running';
       this.failure = null;
       this.log.info('re-attached to the running VM');
@@ -312,15 +319,16 @@ export class VmController extends EventEmitter {
         booted = await boot(accel);
       }
       const { started, s, info } = booted;
-      const running: Running = { qemu: started, session: s, net, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
       await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
         running.proxy = await this.startProxy(s);
         const ms = await pingDockerThroughProxy(dockerSocket);
         d(`unix://${dockerSocket} (ping ${ms} ms)`);
       });
+      running.publisher = this.startPublisher(running);
       this.running = running;
       this.watch(running);
-      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId });
+      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId, network });
       try {
         const ctx = await registerDockerContext(`unix://${dockerSocket}`, { use: opts.switchContext ?? false });
         if (opts.switchContext) record({ type: 'note', level: 'info', message: `docker context "${ctx.name}" is now the current context.`, at: Date.now() });
@@ -422,6 +430,35 @@ export class VmController extends EventEmitter {
     });
   }
 
+  /** Published ports: follows the engine and keeps the translator's host listeners in step. */
+  private startPublisher(r: Running): PortPublisher | undefined {
+    if (!r.net || !r.network.translator) return undefined;
+    const s = this.settings!;
+    const opts = { defaultAddress: s['ports.defaultAddress'], ipv6Loopback: hostHasIpv6Loopback() };
+    const extra = extraForwards(s['ports.extra'], r.network.guestIp);
+    const p = new PortPublisher(() => r.session.openDocker(), r.net, opts, extra, this.log.child('ports'));
+    p.start();
+    return p;
+  }
+
+  /** Published ports and their state (`berth ports`). */
+  ports(): PortsReport {
+    const r = this.running;
+    const backend = r?.network.translator ? 'berth' : r ? 'qemu-user' : 'none';
+    const forwards = (r?.publisher?.list() ?? []).map((f): PortReport => ({
+      proto: f.proto,
+      hostIp: f.hostIp,
+      hostPort: f.hostPort,
+      guestIp: f.guestIp,
+      guestPort: f.guestPort,
+      containerId: f.containerId,
+      containerName: f.containerName,
+      state: f.state,
+      ...(f.error ? { error: f.error } : {}),
+    }));
+    return { backend, forwards };
+  }
+
   private async startProxy(session: GuestSession): Promise<DockerProxy> {
     const settings = this.settings ?? (await readSettings(this.paths.settings));
     const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'));
@@ -434,6 +471,7 @@ export class VmController extends EventEmitter {
     const r = this.running;
     this.running = undefined;
     if (r) {
+      r.publisher?.stop();
       await r.proxy?.close().catch(() => {});
       r.session.close();
       await r.net?.stop();
@@ -479,6 +517,12 @@ interface VmFile {
   accelerator: Accelerator;
   image: ResolvedImage;
   bootId: string;
+  network: GuestNetwork;
+}
+
+/** True when the host has an IPv6 loopback address (published ports then also listen on ::1). */
+function hostHasIpv6Loopback(): boolean {
+  return Object.values(os.networkInterfaces()).some((list) => list?.some((a) => a.family === 'IPv6' && a.address === '::1'));
 }
 
 /** BERTH_QEMU_CPU: a CPU model override for experiments and benchmarks. */
