@@ -1,24 +1,28 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { benchStart } from './start.js';
+import { benchNet } from './net.js';
 import { toMarkdown, toText, type BenchResult } from './report.js';
 
 /**
- * `npm run bench [-- --runs N] [-- --update-docs]`: runs every benchmark with its anchor measured in
- * the same run, prints the results, and with --update-docs writes the markdown tables into
- * docs/performance.md between the bench markers.
+ * `npm run bench [-- --runs N] [--only start,net] [--update-docs]`: runs every benchmark with its
+ * anchor measured in the same run, prints the results, and with --update-docs writes the markdown
+ * tables into docs/performance.md between the bench markers (only with all benchmarks run).
  */
 const args = process.argv.slice(2);
 const runs = Number(args[args.indexOf('--runs') + 1]) || 5;
+const only = args.includes('--only') ? new Set((args[args.indexOf('--only') + 1] ?? '').split(',')) : undefined;
+const want = (name: string) => !only || only.has(name);
 const results: BenchResult[] = [];
 
-results.push(await benchStart(runs));
+if (want('start')) results.push(await benchStart(runs));
+if (want('net')) results.push(await benchNet(Math.min(runs, 3)));
 
 const when = new Date().toISOString().slice(0, 10);
 const md = [`_Measured ${when} by \`npm run bench\` (runs: ${runs}); medians._`, '', ...results.map(toMarkdown)].join('\n\n');
 for (const r of results) console.log(`\n${toText(r)}`);
 console.log(`\n${md}\n`);
-if (args.includes('--update-docs')) {
+if (args.includes('--update-docs') && !only) {
   const file = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'docs', 'performance.md');
   const text = fs.readFileSync(file, 'utf8');
   const begin = '<!-- bench:begin -->';

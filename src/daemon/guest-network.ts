@@ -2,7 +2,7 @@ import { formatIp4 } from '../net/address.js';
 import { planFor } from '../net/policy.js';
 import type { NetWorkerConfig } from '../net/worker-protocol.js';
 import type { BerthPaths } from '../settings/paths.js';
-import type { Settings } from '../settings/settings.js';
+import { parseExtraForward, type Settings } from '../settings/settings.js';
 import type { VmNetwork } from '../vm/qemu-args.js';
 
 /**
@@ -29,7 +29,17 @@ export interface GuestNetwork {
 
 export function guestNetwork(settings: Settings, paths: BerthPaths): GuestNetwork {
   if (settings['network.backend'] === 'qemu-user') {
-    return { vm: { kind: 'user', mac: GUEST_MAC }, cmdline: `berth.hostalias=${SLIRP_HOST}`, translator: undefined, hostAlias: SLIRP_HOST, guestIp: SLIRP_GUEST };
+    const forwards = settings['ports.extra'].flatMap((t) => {
+      const f = parseExtraForward(t);
+      return f ? [{ proto: f.proto, hostIp: f.hostIp, hostPort: f.hostPort, guestPort: f.vmPort }] : [];
+    });
+    return { vm: { kind: 'user', mac: GUEST_MAC, forwards }, cmdline: `berth.hostalias=${SLIRP_HOST}`, translator: undefined, hostAlias: SLIRP_HOST, guestIp: SLIRP_GUEST };
+  }
+  const external = process.env.BERTH_BENCH_NETDEV_SOCKET;
+  if (external) {
+    // Benchmarks only (bench/net.ts): the guest's NIC is plugged into another translator (passt)
+    // listening on this socket, so both run the same guest in the same way.
+    return { vm: { kind: 'stream-client', socket: external, mac: GUEST_MAC, mtu: settings['network.mtu'] }, cmdline: '', translator: undefined, hostAlias: '', guestIp: '' };
   }
   const plan = planFor(settings['network.subnet']);
   const mtu = settings['network.mtu'];

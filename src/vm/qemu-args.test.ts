@@ -35,9 +35,14 @@ test('tcg uses multi-threaded TCG and the max CPU model; kvm uses the host CPU',
 });
 
 test('no network listener of QEMU is opened on the host: only Unix sockets in the run directory', () => {
-  for (const network of [cfg.network, { kind: 'user' as const, mac: '02:b3:27:00:00:02' }]) {
+  for (const network of [cfg.network, { kind: 'user' as const, mac: '02:b3:27:00:00:02', forwards: [] }]) {
     const args = buildQemuArgs({ ...cfg, network }).join(' ');
     assert.doesNotMatch(args, /hostfwd|tcp:|inet|telnet|vnc|spice|-gdb/);
+  }
+  // QEMU's user network listens only where ports.extra says (loopback by default).
+  const user = buildQemuArgs({ ...cfg, network: { kind: 'user', mac: '02:b3:27:00:00:02', forwards: [{ proto: 'tcp', hostIp: '127.0.0.1', hostPort: 8022, guestPort: 22 }] } });
+  assert.deepEqual(values(user, '-netdev'), ['user,id=net0,hostfwd=tcp:127.0.0.1:8022-:22']);
+  {
   }
   for (const c of values(buildQemuArgs(cfg), '-chardev').filter((c) => c.startsWith('socket'))) assert.match(c, /path=\/h\/run\//);
 });

@@ -8,8 +8,8 @@ import type { Accelerator } from './accel-probe.js';
 export type VmNetwork =
   /** berth's translator: QEMU listens on a Unix socket, the translator connects. */
   | { kind: 'stream'; socket: string; mac: string; mtu: number }
-  /** QEMU's built-in user network (libslirp). */
-  | { kind: 'user'; mac: string }
+  /** QEMU's built-in user network (libslirp), with `ports.extra` as hostfwd rules. */
+  | { kind: 'user'; mac: string; forwards: { proto: 'tcp' | 'udp'; hostIp: string; hostPort: number; guestPort: number }[] }
   /** An external translator listening on a Unix socket (passt, for the benchmarks' anchors). */
   | { kind: 'stream-client'; socket: string; mac: string; mtu: number };
 
@@ -113,7 +113,7 @@ export function kernelArgs(accelerator: Accelerator, vmlinux: string, initramfs:
 function networkArgs(n: VmNetwork): string[] {
   const netdev =
     n.kind === 'user'
-      ? 'user,id=net0'
+      ? ['user,id=net0', ...n.forwards.map((f) => `hostfwd=${f.proto}:${f.hostIp}:${f.hostPort}-:${f.guestPort}`)].join(',')
       : // server=on for berth: QEMU (7.2 has no reconnect for a stream client) listens, and listens
         // again after a disconnect, so a restarted translator or daemon simply reconnects.
         `stream,id=net0,server=${n.kind === 'stream' ? 'on' : 'off'},addr.type=unix,addr.path=${opt(n.socket)}`;
