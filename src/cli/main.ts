@@ -11,6 +11,7 @@ import { showLogs, LOG_NAMES } from './logs.js';
 import { runVersion } from './version.js';
 import { runImageBuild } from './image.js';
 import { showPorts } from './ports.js';
+import { showNetwork } from './network.js';
 import { isOurQemu, readPid } from '../vm/qemu-process.js';
 import type { StatusReport } from '../daemon/api-types.js';
 
@@ -29,6 +30,7 @@ Commands:
   restart                    stop, then start
   status                     Show the state (--json: state, dockerHost, accelerator, cpus, memoryMiB, ...)
   ports                      Published ports: host address, container, state (--json)
+  network                    The VM's network and the translator's counters (--json)
   shell [-t|-T] [-- CMD...]  Run CMD (or an interactive shell) inside the VM; its exit code is passed back
   logs [${LOG_NAMES.join('|')}] [-f] [-n N]
                              Show a log (default: engine); -f follows it
@@ -73,6 +75,8 @@ export async function main(argv: string[]): Promise<number> {
         return await status(paths, args, out);
       case 'ports':
         return await showPorts(new DaemonClient(paths), args, out);
+      case 'network':
+        return await showNetwork(new DaemonClient(paths), args, out);
       case 'shell':
         return await runShell(new DaemonClient(paths), args);
       case 'logs':
@@ -173,6 +177,7 @@ function stoppedStatus(paths: BerthPaths, settings?: Awaited<ReturnType<typeof r
     failure: null,
     lastStart: null,
     guestBoot: null,
+    network: null,
     home: paths.home,
     logs: { daemon: paths.daemonLog, vm: paths.vmLog, agent: paths.agentLog, engine: paths.engineLog },
   };

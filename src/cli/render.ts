@@ -80,6 +80,12 @@ export function renderStatus(s: StatusReport): string {
     lines.push(`accelerator:  ${s.accelerator ?? '-'}`);
     lines.push(`resources:    ${s.cpus} CPUs, ${s.memoryMiB} MiB memory, ${s.diskGiB} GiB data disk`);
     lines.push(`image:        ${s.imageVersion ?? '-'}`);
+    if (s.network) {
+      const n = s.network;
+      const link = n.linkUp === null ? '' : n.linkUp ? '' : ' (translator not connected)';
+      lines.push(`network:      ${n.backend}${n.subnet ? ` ${n.subnet}` : ''}, VM ${n.vmAddress || '?'}, host ${n.hostAlias || '?'}${link}`);
+      if (n.translatorRestarts > 0) lines.push(`              translator restarted ${n.translatorRestarts}×; last failure: ${n.lastFailure ?? 'unknown'}`);
+    }
     if (s.qemuPid) lines.push(`qemu pid:     ${s.qemuPid}`);
     if (s.uptimeSec !== null) lines.push(`uptime:       ${formatMs(s.uptimeSec * 1000)}`);
   }

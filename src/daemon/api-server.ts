@@ -47,6 +47,8 @@ export class ApiServer {
         return sendJson(res, 200, await this.vm.status());
       case 'GET /v1/ports':
         return sendJson(res, 200, this.vm.ports());
+      case 'GET /v1/network':
+        return sendJson(res, 200, await this.vm.network());
       case 'POST /v1/start':
         return this.streamOp(res, (p) => this.vm.start(p, { switchContext: url.searchParams.get('switchContext') === '1' }));
       case 'POST /v1/stop': {

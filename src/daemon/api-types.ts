@@ -11,6 +11,7 @@ import type { Accelerator } from '../vm/accel-probe.js';
  *   POST /v1/stop              → same; the daemon exits after a successful stop
  *   POST /v1/restart           → same
  *   GET  /v1/ports             → PortsReport
+ *   GET  /v1/network           → NetworkReport
  *   GET  /v1/exec (Upgrade: berth-exec, header X-Berth-Exec: base64 JSON ExecRequest)
  *                              → 101, then the exec sub-protocol (docs/control.md)
  */
@@ -45,6 +46,8 @@ export interface StatusReport {
   lastStart: { totalMs: number; phases: PhaseTiming[] } | null;
   /** Guest-side boot marks (seconds of guest uptime), from the agent. */
   guestBoot: Record<string, number> | null;
+  /** The VM's network while it runs (docs/network.md). */
+  network: NetworkStatus | null;
   home: string;
   logs: { daemon: string; vm: string; agent: string; engine: string };
 }
@@ -83,4 +86,26 @@ export interface PortsReport {
   /** "berth" (the translator publishes ports), "qemu-user" (no publishing) or "none" (not running). */
   backend: string;
   forwards: PortReport[];
+}
+
+export interface NetworkStatus {
+  /** "berth" (the translator) or "qemu-user". */
+  backend: string;
+  subnet: string | null;
+  /** The VM's address, and the host's as the VM sees it (host.docker.internal). */
+  vmAddress: string;
+  hostAlias: string;
+  mtu: number | null;
+  /** The translator is connected to the VM's network card. */
+  linkUp: boolean | null;
+  /** Times the translator was restarted after dying, and why it last died. */
+  translatorRestarts: number;
+  lastFailure: string | null;
+}
+
+/** `berth network`: the status plus the translator's counters. */
+export interface NetworkReport {
+  network: NetworkStatus | null;
+  /** The translator's counters (flows, frames, drops by reason), if it answered. */
+  stats: Record<string, unknown> | null;
 }

@@ -24,7 +24,7 @@ import { PortPublisher } from '../ports/publisher.js';
 import { extraForwards } from '../ports/forwards.js';
 import { NetService } from '../net/net-service.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
-import type { PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
+import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 
 /**
  * Owns the VM of one berth home: the lifecycle state machine
@@ -160,6 +160,7 @@ export class VmController extends EventEmitter {
       failure: this.failure,
       lastStart: this.lastStart,
       guestBoot: r?.session.info?.bootTimes ?? null,
+      network: r ? networkStatus(r) : null,
       home: this.paths.home,
       logs: { daemon: this.paths.daemonLog, vm: this.paths.vmLog, agent: this.paths.agentLog, engine: this.paths.engineLog },
     };
@@ -441,6 +442,14 @@ export class VmController extends EventEmitter {
     return p;
   }
 
+  /** `berth network`: the network status and the translator's counters. */
+  async network(): Promise<NetworkReport> {
+    const r = this.running;
+    if (!r) return { network: null, stats: null };
+    const stats = (await r.net?.stats()) ?? null;
+    return { network: networkStatus(r), stats: stats as Record<string, unknown> | null };
+  }
+
   /** Published ports and their state (`berth ports`). */
   ports(): PortsReport {
     const r = this.running;
@@ -518,6 +527,20 @@ interface VmFile {
   image: ResolvedImage;
   bootId: string;
   network: GuestNetwork;
+}
+
+function networkStatus(r: Running): NetworkStatus {
+  const t = r.network.translator;
+  return {
+    backend: t ? 'berth' : 'qemu-user',
+    subnet: t?.subnet ?? null,
+    vmAddress: r.network.guestIp,
+    hostAlias: r.network.hostAlias,
+    mtu: t?.mtu ?? null,
+    linkUp: r.net ? r.net.isLinkUp : null,
+    translatorRestarts: r.net?.restarts ?? 0,
+    lastFailure: r.net?.lastFailure ?? null,
+  };
 }
 
 /** True when the host has an IPv6 loopback address (published ports then also listen on ::1). */

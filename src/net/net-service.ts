@@ -21,7 +21,7 @@ export class NetService {
   private stopping = false;
   private forwards: ForwardSpec[] = [];
   private states = new Map<string, ForwardState>();
-  private restarts: number[] = [];
+  private restartTimes: number[] = [];
   private linkUp = false;
   private lastExit: string | undefined;
   private statsId = 0;
@@ -29,10 +29,25 @@ export class NetService {
   /** Called whenever forward states change (the publisher mirrors them into `berth ports`). */
   onStates: ((states: ForwardState[]) => void) | undefined;
 
+  private restartCount = 0;
+
+  private readonly workerUrl: URL;
+  private readonly backoffMs: number;
+
   constructor(
     private readonly cfg: NetWorkerConfig,
     private readonly log: Logger,
-  ) {}
+    /** Tests substitute a worker that misbehaves, and a shorter back-off. */
+    opts: { workerUrl?: URL; backoffMs?: number } = {},
+  ) {
+    this.workerUrl = opts.workerUrl ?? new URL('./net-worker.js', import.meta.url);
+    this.backoffMs = opts.backoffMs ?? 250;
+  }
+
+  /** How often the translator was restarted after dying. */
+  get restarts(): number {
+    return this.restartCount;
+  }
 
   start(): void {
     this.stopping = false;
@@ -103,15 +118,17 @@ export class NetService {
   }
 
   private spawn(): void {
-    const w = new Worker(new URL('./net-worker.js', import.meta.url), {
+    const w = new Worker(this.workerUrl, {
       workerData: this.cfg,
       resourceLimits: { maxOldGenerationSizeMb: HEAP_LIMIT_MB },
       stdout: false,
       stderr: false,
     });
     this.worker = w;
+    let crashed = false;
     w.on('message', (m: FromWorker) => this.onMessage(m));
     w.on('error', (err) => {
+      crashed = true;
       this.lastExit = `${err.name}: ${err.message}`;
       this.log.error('network translator crashed', { err: err.stack ?? err.message });
     });
@@ -119,7 +136,10 @@ export class NetService {
       if (this.worker !== w) return; // stopped on purpose
       this.worker = undefined;
       this.linkUp = false;
-      this.lastExit ??= `exited with code ${code}`;
+      // Its listeners died with it: nothing is listening until the next worker says so.
+      this.states.clear();
+      this.onStates?.([]);
+      if (!crashed) this.lastExit = `exited with code ${code}`;
       for (const [, r] of this.pending) r(undefined);
       this.pending.clear();
       if (this.stopping) return;
@@ -130,17 +150,17 @@ export class NetService {
 
   private restartLater(): void {
     const now = Date.now();
-    this.restarts = this.restarts.filter((t) => now - t < RESTART_WINDOW_MS);
-    if (this.restarts.length >= MAX_RESTARTS) {
+    this.restartTimes = this.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
+    if (this.restartTimes.length >= MAX_RESTARTS) {
       this.log.error('network translator keeps failing; not restarting it (run `berth restart`)', { last: this.lastExit });
       return;
     }
-    this.restarts.push(now);
-    const delay = 250 * 2 ** (this.restarts.length - 1);
+    this.restartTimes.push(now);
+    const delay = this.backoffMs * 2 ** (this.restartTimes.length - 1);
     this.log.warn('restarting the network translator', { delayMs: delay, why: this.lastExit });
     setTimeout(() => {
       if (!this.stopping && !this.worker) {
-        this.lastExit = undefined;
+        this.restartCount++;
         this.spawn();
       }
     }, delay);

@@ -198,8 +198,8 @@ function describeFailure(accel: Accelerator, r: QemuRun, timeoutMs: number, what
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l && !/^qemu-system-\S+: warning: host doesn't support requested feature/.test(l))
-    .slice(0, 3)
-    .join(' | ');
+    .slice(0, 1)
+    .join('');
   if (r.kvmInternalError) return `KVM_RUN failed with a KVM internal error while running ${what} (typical of nested virtualization)`;
   if (r.timedOut) {
     return `${what} did not reach its first instruction of userspace within ${timeoutMs / 1000} s under ${accel} (typical of nested virtualization without hardware support: slower than emulation)${firstLines ? `: ${firstLines}` : ''}`;
