@@ -56,6 +56,11 @@ export class Policy {
     return this.decide(dst, port, 'udp');
   }
 
+  /** ICMP echo: the same address rules (any port-independent refusal applies). */
+  icmp(dst: Ip4): Destination {
+    return this.decide(dst, 1, 'udp');
+  }
+
   private decide(dst: Ip4, port: number, proto: 'tcp' | 'udp'): Destination {
     const { plan } = this.o;
     if (port === 0) return { kind: 'refuse', why: 'port 0' };

@@ -98,6 +98,7 @@ export class PortForwarder {
     const active: Active = { spec, guestIp, close: () => closers.forEach((c) => c()) };
     this.active.set(spec.id, active);
     const hosts = [spec.hostIp, ...(spec.alsoIpv6Loopback ? ['::1'] : [])];
+    let primaryFailed = false;
     for (const [i, host] of hosts.entries()) {
       const primary = i === 0;
       const fail = (err: NodeJS.ErrnoException) => {
@@ -105,12 +106,17 @@ export class PortForwarder {
           this.log('debug', 'optional ::1 listener not available', { forward: spec.id, err: err.code ?? err.message });
           return;
         }
+        // The port belongs to another program: keep no ::1 listener either, or clients of
+        // "localhost" that try ::1 first would reach the container instead of that program.
+        primaryFailed = true;
+        closers.slice(1).forEach((c) => c());
         const error = describeListenError(spec, err);
         this.log('warn', error, { forward: spec.id });
         this.setState(spec.id, { id: spec.id, state: 'failed', error });
       };
       const ok = () => {
         if (primary) this.setState(spec.id, { id: spec.id, state: 'listening' });
+        else if (primaryFailed) closers[i]?.();
       };
       if (spec.proto === 'tcp') closers.push(this.listenTcp(spec, guestIp, host, ok, fail));
       else closers.push(this.listenUdp(spec, guestIp, host, ok, fail));

@@ -66,9 +66,10 @@ export class FrameStreamDecoder {
   }
 
   private peekLength(): number {
-    const first = this.chunks[0]!;
-    if (first.length >= LENGTH_PREFIX) return first.readUInt32BE(0);
-    return Buffer.concat(this.chunks, this.buffered).readUInt32BE(0);
+    // Merge once when the prefix itself is split, so later pushes read it from the first chunk
+    // instead of re-copying everything buffered on every push (quadratic for small chunks).
+    if (this.chunks[0]!.length < LENGTH_PREFIX) this.chunks = [Buffer.concat(this.chunks, this.buffered)];
+    return this.chunks[0]!.readUInt32BE(0);
   }
 
   private fail(out: (r: LinkRead) => void, len: number): void {

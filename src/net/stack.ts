@@ -166,7 +166,10 @@ export class Stack {
       case PROTO_ICMP: {
         const echo = toUs ? parseEchoRequest(ip.pkt) : undefined;
         if (!echo) return this.drop('ICMP other than echo request');
-        return this.icmp.echo(ip.pkt.src, ip.pkt.dst, echo);
+        // The same policy as for TCP and UDP: no pings to loopback, link-local, the subnet's other addresses.
+        const dst = ip.pkt.dst;
+        if (dst !== this.o.plan.gateway && dst !== this.o.plan.hostAlias && this.policy.icmp(dst).kind === 'refuse') return this.drop('ICMP echo to a refused destination');
+        return this.icmp.echo(ip.pkt.src, dst, echo);
       }
       default:
         return this.drop(`IP protocol ${ip.pkt.proto}`);
@@ -231,10 +234,13 @@ export class Stack {
     if (dest.kind === 'dns') {
       this.dnsCount.udp++;
       const query = Buffer.from(d.payload); // the frame's memory is reused after this turn
-      void this.o.dns.answer(query, 'udp').then((answer) => {
-        if (!answer) return;
-        this.o.emit(buildUdpFrame({ srcMac: this.o.mac, dstMac: this.guestMacAddr ?? BROADCAST_MAC, src: ip.dst, dst: ip.src, srcPort: DNS_PORT, dstPort: d.srcPort }, answer));
-      });
+      this.o.dns.answer(query, 'udp').then(
+        (answer) => {
+          if (!answer) return;
+          this.o.emit(buildUdpFrame({ srcMac: this.o.mac, dstMac: this.guestMacAddr ?? BROADCAST_MAC, src: ip.dst, dst: ip.src, srcPort: DNS_PORT, dstPort: d.srcPort }, answer));
+        },
+        (err: Error) => this.o.log('warn', 'dns answer failed', { err: err.message }),
+      );
       return;
     }
     if (dest.kind === 'refuse') return this.drop(`UDP to ${formatIp4(ip.dst)}:${d.dstPort} refused: ${dest.why}`);
@@ -250,7 +256,8 @@ export class Stack {
 
   private drop(reason: string): void {
     // Group by the reason's first words so the table stays small whatever the guest sends.
-    const key = reason.replace(/\d+/g, 'N').slice(0, 60);
+    // Hex numbers too: `ethertype 0x${...}` would otherwise add a key per EtherType the guest sends.
+    const key = reason.replace(/(?<=[\s(:./=])(0x[0-9a-f]+|\d+)/gi, 'N').slice(0, 60);
     this.dropped[key] = (this.dropped[key] ?? 0) + 1;
   }
 }

@@ -158,7 +158,9 @@ export class TcpFlow {
   /** Guest-origin: the host connect failed; the guest gets RST|ACK for its SYN. */
   hostConnectFailed(why: string): void {
     if (this.state !== 'connecting') return;
-    this.emitSegment(RST | ACK, this.iss, 0);
+    // RFC 9293 §3.10.7.1: <SEQ=0><ACK=SEG.SEQ+1><CTL=RST,ACK>. A SYN_SENT guest drops an RST whose
+    // ACK is not its SND.NXT (ack 0 here made "connection refused" hang until the connect timed out).
+    this.emitSegment(RST | ACK, 0, this.rcvNxt);
     this.close(`connect failed: ${why}`);
   }
 
@@ -499,11 +501,14 @@ export class TcpFlow {
     if (win < this.limits.mss && win < this.limits.receiveBudget / 2) win = 0; // RFC 813: no tiny windows
     const max = 65535 << this.rcvScale;
     win = Math.min(win, max);
-    const edge = seqAdd(this.rcvNxt, win);
-    if (seqLt(edge, this.rcvRightEdge)) win = seqDiff(this.rcvRightEdge, this.rcvNxt);
-    else this.rcvRightEdge = edge;
-    this.lastWindowSent = win;
-    return Math.min(65535, win >>> this.rcvScale);
+    if (seqLt(seqAdd(this.rcvNxt, win), this.rcvRightEdge)) win = seqDiff(this.rcvRightEdge, this.rcvNxt);
+    // Round up, not down, to the scale unit, so the right edge the guest computes never moves left.
+    const field = Math.min(65535, Math.ceil(win / 2 ** this.rcvScale));
+    const advertised = field * 2 ** this.rcvScale;
+    const edge = seqAdd(this.rcvNxt, advertised);
+    if (seqLt(this.rcvRightEdge, edge)) this.rcvRightEdge = edge;
+    this.lastWindowSent = advertised;
+    return field;
   }
 
   private emit(o: Pick<TcpOut, 'seq' | 'ack' | 'flags' | 'window' | 'mss' | 'wscale'>, payloadLength = 0, fill?: (buf: Buffer, off: number) => void): void {
@@ -586,6 +591,9 @@ export class TcpFlow {
     if (this.state !== 'established') return;
     const hostWriteDone = !this.sock || this.sock.writableFinished || (this.guestFin && this.sock.writableLength === 0);
     if (this.guestFin && this.finAcked && hostWriteDone) {
+      // The guest's FIN may be the segment that got us here (it closed last, LAST-ACK): ACK it now,
+      // since the flow leaves the table before the batch's flushAcks() would.
+      if (this.ackDue) this.sendAck();
       this.sock?.destroy();
       this.close('closed both ways');
     }
@@ -602,6 +610,12 @@ export class TcpFlow {
     this.queued = 0;
     if (this.sock && !this.sock.destroyed) this.sock.destroy();
     this.env.closed(this, why);
+  }
+
+  /** Resets the host side only (the guest no longer knows this connection). */
+  abortHostOnly(why: string): void {
+    resetHost(this.sock);
+    this.close(why);
   }
 
   /** Aborts the flow: RST to the guest and to the host (the translator is going away, or limits). */
@@ -626,6 +640,9 @@ function clampMss(mss: number | undefined): number {
 function resetHost(sock: Duplex | undefined): void {
   if (!sock || sock.destroyed) return;
   const s = sock as Duplex & { resetAndDestroy?: () => void };
-  if (typeof s.resetAndDestroy === 'function') s.resetAndDestroy();
+  // While our end() is still shutting the socket down, libuv refuses the reset (EINVAL) and Node
+  // then forgets the handle without closing it (a leaked fd): plain destroy in that window.
+  const shuttingDown = sock.writableEnded && !sock.writableFinished;
+  if (typeof s.resetAndDestroy === 'function' && !shuttingDown) s.resetAndDestroy();
   else sock.destroy();
 }

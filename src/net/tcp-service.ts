@@ -90,8 +90,9 @@ export class TcpService {
     const isSyn = (seg.flags & (SYN | ACK | RST)) === SYN; // ECE/CWR are fine (google/gvisor#7075)
     if (flow) {
       if (isSyn && flow.state !== 'connecting' && flow.state !== 'synReceived' && flow.origin === 'guest' && flow.synSeq !== seg.seq) {
-        // A new connection on the same ports: the guest has forgotten the old one.
-        flow.close('replaced by a new connection on the same ports');
+        // A new connection on the same ports: the guest has forgotten the old one, whose host
+        // side is then a broken connection (reset, not a clean end).
+        flow.abortHostOnly('replaced by a new connection on the same ports');
         return this.newConnection(key, ip, seg);
       }
       return flow.input(seg);
