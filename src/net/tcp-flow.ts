@@ -29,6 +29,8 @@ export interface FlowEnv {
   adjustQueued(delta: number, flow: TcpFlow): void;
   /** True while all flows must pause their host sockets (global memory bound reached). */
   readonly globalPressure: boolean;
+  /** This flow owes the guest an ACK at the end of the current batch. */
+  ackDue(flow: TcpFlow): void;
   /** Arms the service's timer for this flow (deadline in ms, performance.now() clock). */
   schedule(flow: TcpFlow, at: number): void;
   closed(flow: TcpFlow, why: string): void;
@@ -121,8 +123,11 @@ export class TcpFlow {
     return this.queued;
   }
 
-  get wantsAck(): boolean {
-    return this.ackDue;
+  /** An ACK is due at the end of this batch (one per flow per batch, see TcpService.flushAcks). */
+  private markAckDue(): void {
+    if (this.ackDue) return;
+    this.ackDue = true;
+    this.env.ackDue(this);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -313,24 +318,24 @@ export class TcpFlow {
     const fin = (seg.flags & FIN) !== 0;
     if (data.length === 0 && !fin) {
       // A keepalive probe (seq = rcvNxt − 1) wants an ACK; a pure ACK does not.
-      if (seqLt(seq, this.rcvNxt)) this.ackDue = true;
+      if (seqLt(seq, this.rcvNxt)) this.markAckDue();
       return;
     }
     if (this.guestFin) {
-      this.ackDue = true; // retransmitted FIN or data after FIN: re-ACK
+      this.markAckDue(); // retransmitted FIN or data after FIN: re-ACK
       return;
     }
     if (seqLt(seq, this.rcvNxt)) {
       // Overlaps what we already have: keep only the new tail.
       const skip = seqDiff(this.rcvNxt, seq);
-      this.ackDue = true;
+      this.markAckDue();
       if (skip > data.length || (skip === data.length && !fin)) return;
       data = data.subarray(skip);
       seq = this.rcvNxt;
     }
     if (seq !== this.rcvNxt) {
       // A hole before this segment: no reassembly, drop it and say where we are (dup ACK).
-      this.ackDue = true;
+      this.markAckDue();
       return;
     }
     const room = Math.max(0, seqDiff(this.rcvRightEdge, this.rcvNxt));
@@ -339,7 +344,7 @@ export class TcpFlow {
       this.sock.write(take === data.length ? data : data.subarray(0, take));
       this.rcvNxt = seqAdd(this.rcvNxt, take);
     }
-    this.ackDue = true;
+    this.markAckDue();
     if (fin && take === data.length) {
       this.rcvNxt = seqAdd(this.rcvNxt, 1);
       this.guestFin = true;

@@ -52,6 +52,7 @@ export class TcpService {
   private readonly timed = new Set<TcpFlow>();
   private readonly waitingLink = new Set<TcpFlow>();
   private readonly pressured = new Set<TcpFlow>();
+  private readonly acksDue = new Set<TcpFlow>();
   private timer: NodeJS.Timeout | undefined;
   private connecting = 0;
   private queued = 0;
@@ -66,6 +67,7 @@ export class TcpService {
         return o.isLinkBlocked();
       },
       waitForLink: (flow) => this.waitingLink.add(flow),
+      ackDue: (flow) => this.acksDue.add(flow),
       adjustQueued: (delta, flow) => this.adjustQueued(delta, flow),
       get globalPressure() {
         return self.queued > o.queuedMax;
@@ -103,7 +105,8 @@ export class TcpService {
 
   /** Sends the ACKs that segments of the last batch made due (one per flow per batch). */
   flushAcks(): void {
-    for (const f of this.flows.values()) if (f.wantsAck) f.flushAck();
+    for (const f of this.acksDue) f.flushAck();
+    this.acksDue.clear();
   }
 
   /** The link to QEMU drained: flows that waited for it send again. */
@@ -246,6 +249,7 @@ export class TcpService {
     this.timed.delete(flow);
     this.waitingLink.delete(flow);
     this.pressured.delete(flow);
+    this.acksDue.delete(flow);
     this.o.log('debug', 'tcp flow closed', { flow: flow.key, why });
   }
 }
