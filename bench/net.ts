@@ -204,11 +204,12 @@ async function hostToGuest(env: NodeJS.ProcessEnv, hostAddr: string): Promise<nu
       }
       s.end();
     };
-    // Timed until the guest has read everything and closed its side.
+    // Timed until the guest has read everything and closed its side: its nc gets no EOF on stdin
+    // (a FIFO nobody writes), so it closes only after the host's end of stream.
     s.on('end', () => done(mbps(sent, performance.now() - t0)));
     pump();
   });
-  const out = await shellAsync(env, `nc ${hostAddr} ${port} < /dev/null | wc -c`);
+  const out = await shellAsync(env, `rm -f /tmp/bench.fifo; mkfifo /tmp/bench.fifo; exec 3<>/tmp/bench.fifo; nc ${hostAddr} ${port} <&3 | wc -c`);
   if (Number(out.trim()) !== TRANSFER) throw new Error(`host→guest: guest got ${out.trim()} bytes, expected ${TRANSFER}`);
   return result;
 }
@@ -236,11 +237,12 @@ async function forwardedLatency(hostPort: number): Promise<{ rr: number; crr: nu
         got += d.length;
         if (got >= payload.length) {
           s.off('data', onData);
+          s.off('error', reject);
           resolve();
         }
       };
       s.on('data', onData);
-      s.once('error', reject);
+      s.on('error', reject);
       s.write(payload);
     });
   const connect = () =>
