@@ -63,6 +63,7 @@ stack = new Stack({
   mac,
   allowLinkLocal: cfg.allowLinkLocal,
   deniedHostPorts: () => denied,
+  ...(cfg.fileServerSocket ? { fileServerSocket: cfg.fileServerSocket } : {}),
   dns,
   dhcp,
   emit: (f) => link.send(f),

@@ -16,6 +16,8 @@ export interface NetPlan {
 }
 
 export const DNS_PORT = 53;
+/** The 9P file server, on the gateway (docs/files.md "Transport"). */
+export const P9_PORT = 564;
 
 /** Derives the plan from a subnet: gateway .1, guest .2, host alias = last usable address. */
 export function planFor(subnetText: string): NetPlan {
@@ -31,6 +33,7 @@ export type Destination =
   /** A service of the translator itself. */
   | { kind: 'dns' }
   | { kind: 'dhcp' }
+  | { kind: 'files' }
   | { kind: 'refuse'; why: string };
 
 export interface PolicyOptions {
@@ -39,6 +42,8 @@ export interface PolicyOptions {
   allowLinkLocal: boolean;
   /** Host TCP ports berth itself listens on that the guest must not reach through the host alias. */
   deniedHostPorts: () => ReadonlySet<number>;
+  /** The file server is on (gateway:564 leads to it). */
+  fileServer?: boolean;
 }
 
 const LINK_LOCAL = parseSubnet('169.254.0.0/16')!;
@@ -66,8 +71,9 @@ export class Policy {
     if (port === 0) return { kind: 'refuse', why: 'port 0' };
     if (dst === plan.gateway) {
       if (port === DNS_PORT) return { kind: 'dns' };
+      if (proto === 'tcp' && port === P9_PORT && this.o.fileServer) return { kind: 'files' };
       if (proto === 'udp' && port === DHCP_SERVER_PORT) return { kind: 'dhcp' };
-      return { kind: 'refuse', why: `the gateway serves only DNS${proto === 'udp' ? ' and DHCP' : ''}` };
+      return { kind: 'refuse', why: `the gateway serves only DNS${proto === 'udp' ? ' and DHCP' : this.o.fileServer ? ' and the file server' : ''}` };
     }
     if (dst === plan.hostAlias) {
       if (proto === 'tcp' && this.o.deniedHostPorts().has(port)) return { kind: 'refuse', why: `host port ${port} belongs to berth itself` };

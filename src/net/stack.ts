@@ -37,6 +37,8 @@ export interface StackOptions {
   mac: Buffer;
   allowLinkLocal: boolean;
   deniedHostPorts: () => ReadonlySet<number>;
+  /** Unix socket of the 9P file server reached at gateway:564 (docs/files.md), if sharing is on. */
+  fileServerSocket?: string;
   dns: DnsResponder;
   dhcp: DhcpResponder;
   emit: (frame: Buffer) => boolean;
@@ -95,7 +97,7 @@ export class Stack {
 
   constructor(private readonly o: StackOptions) {
     const t = { ...DEFAULT_TUNING, ...(o.tuning ?? {}) };
-    this.policy = new Policy({ plan: o.plan, allowLinkLocal: o.allowLinkLocal, deniedHostPorts: o.deniedHostPorts });
+    this.policy = new Policy({ plan: o.plan, allowLinkLocal: o.allowLinkLocal, deniedHostPorts: o.deniedHostPorts, fileServer: o.fileServerSocket !== undefined });
     const guestMac = () => this.guestMacAddr ?? BROADCAST_MAC;
     this.tcp = new TcpService({
       limits: { sendQueueMax: t.sendQueueMax, receiveBudget: t.receiveBudget, windowScale: WINDOW_SCALE, mss: o.mtu - 40 },
@@ -110,6 +112,7 @@ export class Stack {
           this.dnsCount.tcp++;
           return { kind: 'local', open: () => o.dns.tcpSession() };
         }
+        if (d.kind === 'files' && o.fileServerSocket) return { kind: 'unix', path: o.fileServerSocket };
         return { kind: 'refuse', why: d.kind === 'refuse' ? d.why : 'not a TCP service' };
       },
       emit: o.emit,

@@ -15,6 +15,8 @@ import { flowKey, TcpFlow, type FlowEnv, type FlowLimits } from './tcp-flow.js';
 /** Where a guest connection goes; decided by the stack's policy (policy.ts). */
 export type TcpRoute =
   | { kind: 'host'; host: string; port: number }
+  /** A local service of berth behind a Unix socket (the 9P file server). */
+  | { kind: 'unix'; path: string }
   /** An in-process service (DNS over TCP): a fresh duplex per connection. */
   | { kind: 'local'; open: () => Duplex }
   | { kind: 'refuse'; why: string };
@@ -167,7 +169,7 @@ export class TcpService {
     if (this.flows.size >= this.o.maxFlows) return refuse(`flow table full (${this.o.maxFlows})`);
     const route = this.o.route(ip.dst, seg.dstPort);
     if (route.kind === 'refuse') return refuse(route.why);
-    if (route.kind === 'host' && this.connecting >= this.o.maxConnecting) return refuse(`${this.o.maxConnecting} connects already in flight`);
+    if (route.kind !== 'local' && this.connecting >= this.o.maxConnecting) return refuse(`${this.o.maxConnecting} connects already in flight`);
 
     const flow = new TcpFlow('guest', ip.src, seg.srcPort, ip.dst, seg.dstPort, this.env, this.o.limits, randomIss());
     flow.acceptSyn(seg);
@@ -177,7 +179,7 @@ export class TcpService {
 
     this.connecting++;
     let settled = false;
-    const sock = net.connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true });
+    const sock = route.kind === 'unix' ? net.connect({ path: route.path, allowHalfOpen: true }) : net.connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true });
     const done = (err?: Error) => {
       if (settled) return;
       settled = true;

@@ -14,6 +14,8 @@ export interface NetWorkerConfig {
   guestMac: string;
   /** Host TCP ports of berth itself that the guest must not reach through the host alias. */
   deniedHostPorts: number[];
+  /** Unix socket of the 9P file server (gateway:564 leads there), when folders are shared. */
+  fileServerSocket?: string;
 }
 
 export type ToWorker =

@@ -1,0 +1,644 @@
+import fs, { constants as C, type BigIntStats } from 'node:fs';
+import path from 'node:path';
+import { timingSafeEqual } from 'node:crypto';
+import { E, errnoOf, P9Error } from './errno.js';
+import { QidMap } from './qids.js';
+import { checkName, type Share } from './share.js';
+import { direntSize, IOHDRSZ, MAXWELEM, NOFID, parseRequest, ReplyWriter, rempty, rlerror, T, type Qid, type Request } from './p9-wire.js';
+
+/**
+ * One 9P2000.L connection (docs/files.md). Requests are handled one at a time, in order, with
+ * synchronous host calls: replies leave in request order, Tflush always finds its request already
+ * answered (so it is answered at once and the original reply is never sent after it), and no guest
+ * request can interleave with another's path checks.
+ *
+ * Identity: the client mounts with access=user, so every guest uid attaches on its own and its fids
+ * carry that uid. Files the berth user owns are reported as owned by the uid asking, so a container
+ * running as any uid may write where the host user can (the host decides); ownership changes are
+ * accepted and ignored (QEMU's security_model=none).
+ */
+
+export interface SessionOptions {
+  shares: ReadonlyMap<string, Share>;
+  /** Every attach must present this token (aname "<token>:<share id>"). */
+  token: string;
+  /** Largest msize the server accepts. */
+  maxMsize: number;
+  qids: QidMap;
+  log: (level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
+  /** Hooks for the change-event actuator (events.ts); absent = every fid is ordinary. */
+  actuator?: ActuatorHooks;
+}
+
+/** Lets the change-event actuator's requests see the guest-side view of a host change. */
+export interface ActuatorHooks {
+  /** The uid the actuator runs as in the guest. */
+  uid: number;
+  /** For an actuator walk of `comps`: pretend it is absent ('absent'), exists as `qid`, or ask the host (undefined). */
+  lookup(share: Share, comps: readonly string[]): { absent: true } | { qid: Qid } | undefined;
+}
+
+interface DirSnapshot {
+  entries: { name: string; qid: Qid; type: number }[];
+}
+
+interface Fid {
+  share: Share;
+  comps: string[];
+  uid: number;
+  actuator: boolean;
+  fd?: number;
+  dir?: DirSnapshot;
+  /** Opened with write access. */
+  writable?: boolean;
+  /** Xattr fids (Txattrwalk/Txattrcreate): their data, read or written, then discarded. */
+  xattr?: Buffer;
+}
+
+const P9_GETATTR_BASIC = 0x7ffn;
+const P9_SETATTR = { MODE: 0x1, UID: 0x2, GID: 0x4, SIZE: 0x8, ATIME: 0x10, MTIME: 0x20, CTIME: 0x40, ATIME_SET: 0x80, MTIME_SET: 0x100 };
+const AT_REMOVEDIR = 0x200;
+const V9FS_MAGIC = 0x01021997;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_ISUID = 0o4000;
+const S_ISGID = 0o2000;
+
+/** Linux open flags (9P2000.L carries them as Linux numbers) and what the host calls them. */
+const L = { WRONLY: 0o1, RDWR: 0o2, CREAT: 0o100, EXCL: 0o200, TRUNC: 0o1000, APPEND: 0o2000, DSYNC: 0o10000, DIRECTORY: 0o200000, SYNC: 0o4010000 };
+
+export class P9Session {
+  private msize: number;
+  private readonly fids = new Map<number, Fid>();
+  private readonly serverUid = process.getuid?.() ?? 0;
+  private readonly serverGid = process.getgid?.() ?? 0;
+
+  constructor(private readonly o: SessionOptions) {
+    this.msize = o.maxMsize;
+  }
+
+  /** The msize in force (the framer's limit). */
+  get maxMessage(): number {
+    return this.msize;
+  }
+
+  get fidCount(): number {
+    return this.fids.size;
+  }
+
+  /** Handles one complete message; returns the reply (undefined only for unparseable headers). */
+  handle(msg: Buffer): Buffer | undefined {
+    const parsed = parseRequest(msg);
+    if (!parsed.ok) {
+      this.o.log('debug', '9p: malformed request', { reason: parsed.reason });
+      return parsed.tag === undefined ? undefined : rlerror(parsed.tag, E.EINVAL);
+    }
+    const req = parsed.req;
+    try {
+      return this.dispatch(req);
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === E.EIO) this.o.log('warn', '9p: host error', { op: T[req.type], err: String(err) });
+      return rlerror(req.tag, errno);
+    }
+  }
+
+  /** Closes every open file (connection gone). */
+  close(): void {
+    for (const f of this.fids.values()) this.release(f);
+    this.fids.clear();
+  }
+
+  private dispatch(r: Request): Buffer {
+    switch (r.type) {
+      case T.version:
+        return this.version(r);
+      case T.auth:
+        throw new P9Error(E.EOPNOTSUPP, 'no authentication protocol');
+      case T.attach:
+        return this.attach(r);
+      case T.flush:
+        return rempty(T.flush, r.tag);
+      case T.walk:
+        return this.walk(r);
+      case T.getattr:
+        return this.getattr(r.tag, this.fid(r.fid));
+      case T.setattr:
+        return this.setattr(r);
+      case T.lopen:
+        return this.lopen(r.tag, this.fid(r.fid), r.flags);
+      case T.lcreate:
+        return this.lcreate(r);
+      case T.read:
+        return this.read(r.tag, this.fid(r.fid), r.offset, r.count);
+      case T.write:
+        return this.write(r.tag, this.fid(r.fid), r.offset, r.data);
+      case T.readdir:
+        return this.readdir(r.tag, this.fid(r.fid), r.offset, r.count);
+      case T.clunk: {
+        const f = this.fid(r.fid);
+        this.release(f);
+        this.fids.delete(r.fid);
+        return rempty(T.clunk, r.tag);
+      }
+      case T.remove: {
+        const f = this.fid(r.fid);
+        try {
+          this.removePath(f);
+        } finally {
+          this.release(f);
+          this.fids.delete(r.fid);
+        }
+        return rempty(T.remove, r.tag);
+      }
+      case T.statfs:
+        return this.statfs(r.tag, this.fid(r.fid));
+      case T.mkdir:
+        return this.mkdir(r);
+      case T.symlink:
+        return this.symlink(r);
+      case T.mknod:
+        return this.mknod(r);
+      case T.readlink: {
+        const f = this.fid(r.fid);
+        return new ReplyWriter().str(fs.readlinkSync(f.share.path(f.comps))).finish(T.readlink + 1, r.tag);
+      }
+      case T.link:
+        return this.link(r);
+      case T.rename:
+        return this.rename(r.tag, this.fid(r.fid), this.fid(r.dfid), r.name);
+      case T.renameat:
+        return this.renameat(r);
+      case T.unlinkat:
+        return this.unlinkat(r);
+      case T.fsync: {
+        const f = this.fid(r.fid);
+        if (f.fd !== undefined) (r.datasync ? fs.fdatasyncSync : fs.fsyncSync)(f.fd);
+        return rempty(T.fsync, r.tag);
+      }
+      case T.lock:
+        // Guest processes already exclude each other through the guest kernel's own lock table
+        // (v9fs takes the local lock first); host-side advisory locks are not available to Node.
+        return new ReplyWriter().u8(0 /* P9_LOCK_SUCCESS */).finish(T.lock + 1, r.tag);
+      case T.getlock:
+        return new ReplyWriter().u8(2 /* F_UNLCK: no conflicting lock known */).u64(r.start).u64(r.length).u32(r.procId).str(r.clientId).finish(T.getlock + 1, r.tag);
+      case T.xattrwalk: {
+        // No xattr API in Node: every attribute is absent (ENODATA), so the guest sees none.
+        this.fid(r.fid);
+        throw new P9Error(E.ENODATA, 'no extended attributes');
+      }
+      case T.xattrcreate:
+        throw new P9Error(E.EOPNOTSUPP, 'extended attributes are not supported');
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Session
+
+  private version(r: Extract<Request, { type: T.version }>): Buffer {
+    this.close();
+    if (r.msize < 4096) throw new P9Error(E.EINVAL, `msize ${r.msize} below 4096`);
+    this.msize = Math.min(r.msize, this.o.maxMsize);
+    const version = r.version === '9P2000.L' ? '9P2000.L' : 'unknown';
+    return new ReplyWriter().u32(this.msize).str(version).finish(T.version + 1, r.tag);
+  }
+
+  private attach(r: Extract<Request, { type: T.attach }>): Buffer {
+    if (r.afid !== NOFID) throw new P9Error(E.EINVAL, 'attach with an auth fid');
+    const sep = r.aname.lastIndexOf(':');
+    const token = sep >= 0 ? r.aname.slice(0, sep) : '';
+    const share = this.o.shares.get(sep >= 0 ? r.aname.slice(sep + 1) : '');
+    const a = Buffer.from(token);
+    const b = Buffer.from(this.o.token);
+    if (a.length !== b.length || !timingSafeEqual(a, b)) {
+      this.o.log('warn', '9p: attach with a wrong token refused', { uid: r.nUname });
+      throw new P9Error(E.EACCES, 'bad token');
+    }
+    if (!share) throw new P9Error(E.ENOENT, 'no such share');
+    if (this.fids.has(r.fid)) throw new P9Error(E.EBADF, 'fid in use');
+    const uid = r.nUname === NOFID ? 0 : r.nUname;
+    const actuator = this.o.actuator !== undefined && uid === this.o.actuator.uid;
+    const st = fs.lstatSync(share.root, { bigint: true });
+    this.fids.set(r.fid, { share, comps: [], uid, actuator });
+    return new ReplyWriter().qid(this.o.qids.qid(st)).finish(T.attach + 1, r.tag);
+  }
+
+  private fid(n: number): Fid {
+    const f = this.fids.get(n);
+    if (!f) throw new P9Error(E.EBADF, `unknown fid ${n}`);
+    return f;
+  }
+
+  private release(f: Fid): void {
+    if (f.fd !== undefined) {
+      try {
+        fs.closeSync(f.fd);
+      } catch {
+        // already closed
+      }
+      f.fd = undefined;
+    }
+    f.dir = undefined;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Walk and attributes
+
+  private walk(r: Extract<Request, { type: T.walk }>): Buffer {
+    const from = this.fid(r.fid);
+    if (r.newfid !== r.fid && this.fids.has(r.newfid)) throw new P9Error(E.EBADF, 'newfid in use');
+    if (from.fd !== undefined || from.dir) throw new P9Error(E.EBADF, 'walk from an open fid');
+    if (r.names.length > MAXWELEM) throw new P9Error(E.EINVAL, 'too many names');
+    const qids: Qid[] = [];
+    let comps = [...from.comps];
+    if (r.names.length > 0) from.share.dir(comps); // where the walk starts must still be a real directory
+    for (const [i, name] of r.names.entries()) {
+      let next: string[];
+      if (name === '..') next = comps.slice(0, -1); // at the root, ".." stays at the root
+      else {
+        checkName(name);
+        next = [...comps, name];
+      }
+      let qid: Qid | undefined;
+      const fake = from.actuator && name !== '..' ? this.o.actuator!.lookup(from.share, next) : undefined;
+      if (fake && 'absent' in fake) qid = undefined;
+      else if (fake) qid = fake.qid;
+      else {
+        try {
+          const st = fs.lstatSync(next.length ? path.join(from.share.root, ...next) : from.share.root, { bigint: true });
+          // Only directories may be walked through; a symlink or file ends the walk here.
+          if (i < r.names.length - 1 && !st.isDirectory()) {
+            if (i === 0) throw new P9Error(st.isSymbolicLink() ? E.ELOOP : E.ENOTDIR);
+            break;
+          }
+          qid = this.o.qids.qid(st);
+        } catch (err) {
+          if (i === 0) throw err;
+          break;
+        }
+      }
+      if (!qid) {
+        if (i === 0) throw new P9Error(E.ENOENT);
+        break;
+      }
+      qids.push(qid);
+      comps = next;
+    }
+    if (qids.length === r.names.length) {
+      this.fids.set(r.newfid, { share: from.share, comps, uid: from.uid, actuator: from.actuator });
+    }
+    const w = new ReplyWriter(9 + 13 * qids.length).u16(qids.length);
+    for (const q of qids) w.qid(q);
+    return w.finish(T.walk + 1, r.tag);
+  }
+
+  private stat(f: Fid): BigIntStats {
+    return fs.lstatSync(f.share.path(f.comps), { bigint: true });
+  }
+
+  private getattr(tag: number, f: Fid): Buffer {
+    const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : this.stat(f);
+    const w = new ReplyWriter(160);
+    w.u64(P9_GETATTR_BASIC).qid(this.o.qids.qid(st));
+    w.u32(Number(st.mode)).u32(this.shownUid(st, f)).u32(this.shownGid(st, f));
+    w.u64(st.nlink).u64(st.rdev).u64(st.size).u64(st.blksize).u64(st.blocks);
+    for (const ns of [st.atimeNs, st.mtimeNs, st.ctimeNs, st.birthtimeNs]) w.u64(ns / 1_000_000_000n).u64(ns % 1_000_000_000n);
+    w.u64(0n).u64(0n); // gen, data_version: not available from Node
+    return w.finish(T.getattr + 1, tag);
+  }
+
+  /** The berth user's files appear owned by whoever asks (see the class comment). */
+  private shownUid(st: BigIntStats, f: Fid): number {
+    return Number(st.uid) === this.serverUid ? f.uid : Number(st.uid);
+  }
+
+  private shownGid(st: BigIntStats, f: Fid): number {
+    return Number(st.gid) === this.serverGid ? f.uid : Number(st.gid);
+  }
+
+  private setattr(r: Extract<Request, { type: T.setattr }>): Buffer {
+    const f = this.fid(r.fid);
+    f.share.assertWritable();
+    if (f.actuator) return rempty(T.setattr, r.tag); // events.ts: the change happened on the host
+    const p = f.share.path(f.comps);
+    const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : fs.lstatSync(p, { bigint: true });
+    const link = st.isSymbolicLink();
+    if (r.valid & P9_SETATTR.MODE && !link) {
+      const mode = safeMode(r.mode, st.isDirectory());
+      if (f.fd !== undefined) fs.fchmodSync(f.fd, mode);
+      else fs.chmodSync(p, mode);
+    }
+    // UID/GID: accepted and ignored (the host user cannot give files away; QEMU security_model=none).
+    if (r.valid & P9_SETATTR.SIZE) {
+      if (link) throw new P9Error(E.EINVAL, 'truncate a symlink');
+      if (f.fd !== undefined && f.writable) fs.ftruncateSync(f.fd, Number(r.size));
+      else this.withFile(p, C.O_WRONLY, (fd) => fs.ftruncateSync(fd, Number(r.size)));
+    }
+    if (r.valid & (P9_SETATTR.ATIME | P9_SETATTR.MTIME)) {
+      const now = Date.now() / 1000;
+      const atime = r.valid & P9_SETATTR.ATIME ? (r.valid & P9_SETATTR.ATIME_SET ? seconds(r.atimeSec, r.atimeNsec) : now) : Number(st.atimeNs) / 1e9;
+      const mtime = r.valid & P9_SETATTR.MTIME ? (r.valid & P9_SETATTR.MTIME_SET ? seconds(r.mtimeSec, r.mtimeNsec) : now) : Number(st.mtimeNs) / 1e9;
+      if (f.fd !== undefined) fs.futimesSync(f.fd, atime, mtime);
+      else fs.lutimesSync(p, atime, mtime);
+    }
+    return rempty(T.setattr, r.tag);
+  }
+
+  /** Opens a regular file without following symlinks or blocking on FIFOs, runs fn, closes it. */
+  private withFile<R>(p: string, flags: number, fn: (fd: number) => R): R {
+    const fd = openRegular(p, flags);
+    try {
+      return fn(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Open, create, read, write
+
+  private lopen(tag: number, f: Fid, flags: number): Buffer {
+    if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
+    const p = f.share.path(f.comps);
+    const st = fs.lstatSync(p, { bigint: true });
+    const wantsWrite = (flags & (L.WRONLY | L.RDWR)) !== 0 || (flags & L.TRUNC) !== 0;
+    if (st.isDirectory()) {
+      if (wantsWrite) throw new P9Error(E.EISDIR);
+      f.dir = { entries: [] };
+    } else {
+      if (wantsWrite) f.share.assertWritable();
+      if (f.actuator) {
+        // events.ts: the actuator opens to make the guest emit IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE;
+        // its writes are not applied, so it needs no real file.
+        f.writable = wantsWrite;
+        f.dir = undefined;
+      } else {
+        f.fd = openRegular(p, hostOpenFlags(flags));
+        f.writable = wantsWrite;
+      }
+    }
+    return new ReplyWriter(24).qid(this.o.qids.qid(st)).u32(0).finish(T.lopen + 1, tag);
+  }
+
+  private lcreate(r: Extract<Request, { type: T.lcreate }>): Buffer {
+    const f = this.fid(r.fid);
+    if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
+    checkName(r.name);
+    f.share.assertWritable();
+    const comps = [...f.comps, r.name];
+    if (f.actuator) {
+      const fake = this.o.actuator!.lookup(f.share, comps);
+      if (fake && 'qid' in fake) {
+        f.comps = comps;
+        f.writable = true;
+        return new ReplyWriter(24).qid(fake.qid).u32(0).finish(T.lcreate + 1, r.tag);
+      }
+    }
+    const p = path.join(f.share.dir(f.comps), r.name);
+    const fd = fs.openSync(p, hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false));
+    f.comps = comps;
+    f.fd = fd;
+    f.writable = true;
+    return new ReplyWriter(24).qid(this.o.qids.qid(fs.fstatSync(fd, { bigint: true }))).u32(0).finish(T.lcreate + 1, r.tag);
+  }
+
+  private read(tag: number, f: Fid, offset: bigint, count: number): Buffer {
+    if (f.dir) throw new P9Error(E.EISDIR);
+    if (f.fd === undefined) {
+      if (f.actuator) return new ReplyWriter(11).u32(0).finish(T.read + 1, tag);
+      throw new P9Error(E.EBADF, 'read from an unopened fid');
+    }
+    const n = Math.min(count, this.msize - IOHDRSZ);
+    const w = new ReplyWriter(11 + n);
+    const at = w.length;
+    w.u32(0);
+    const { buf, off } = w.reserve(n);
+    const got = fs.readSync(f.fd, buf, off, n, offset);
+    w.truncate(off + got);
+    buf.writeUInt32LE(got, at);
+    return w.finish(T.read + 1, tag);
+  }
+
+  private write(tag: number, f: Fid, offset: bigint, data: Buffer): Buffer {
+    if (f.dir) throw new P9Error(E.EISDIR);
+    if (!f.writable) throw new P9Error(E.EBADF, 'fid not open for writing');
+    f.share.assertWritable();
+    // The actuator's writes only make the guest emit IN_MODIFY; the host file already changed.
+    const n = f.actuator ? data.length : fs.writeSync(f.fd!, data, 0, data.length, Number(offset));
+    return new ReplyWriter(11).u32(n).finish(T.write + 1, tag);
+  }
+
+  private readdir(tag: number, f: Fid, offset: bigint, count: number): Buffer {
+    if (!f.dir) throw new P9Error(E.ENOTDIR, 'readdir of an fid not opened as a directory');
+    // Node has no telldir/seekdir: the listing is taken once, at offset 0, and offsets are indices.
+    if (offset === 0n) f.dir.entries = this.listDir(f);
+    const w = new ReplyWriter(Math.min(count, this.msize) + 11);
+    const at = w.length;
+    w.u32(0);
+    const limit = Math.min(count, this.msize - IOHDRSZ);
+    let used = 0;
+    for (let i = Number(offset); i < f.dir.entries.length; i++) {
+      const e = f.dir.entries[i]!;
+      const size = direntSize(e.name);
+      if (used + size > limit) break;
+      w.qid(e.qid).u64(BigInt(i + 1)).u8(e.type).str(e.name);
+      used += size;
+    }
+    const buf = w.finish(T.readdir + 1, tag);
+    buf.writeUInt32LE(used, at);
+    return buf;
+  }
+
+  private listDir(f: Fid): DirSnapshot['entries'] {
+    const dir = f.share.dir(f.comps);
+    const here = fs.lstatSync(dir, { bigint: true });
+    const parent = f.comps.length ? fs.lstatSync(path.dirname(dir), { bigint: true }) : here;
+    const out: DirSnapshot['entries'] = [
+      { name: '.', qid: this.o.qids.qid(here), type: DT_DIR },
+      { name: '..', qid: this.o.qids.qid(parent), type: DT_DIR },
+    ];
+    for (const name of fs.readdirSync(dir)) {
+      let st: BigIntStats;
+      try {
+        st = fs.lstatSync(path.join(dir, name), { bigint: true });
+      } catch {
+        continue; // gone since the listing
+      }
+      // d_ino reaches userspace through the entry's qid, so it must be the real one (find, du).
+      out.push({ name, qid: this.o.qids.qid(st), type: direntType(st) });
+    }
+    return out;
+  }
+
+  private statfs(tag: number, f: Fid): Buffer {
+    const s = fs.statfsSync(f.share.root, { bigint: true });
+    return new ReplyWriter(67)
+      .u32(V9FS_MAGIC)
+      .u32(Number(s.bsize))
+      .u64(s.blocks)
+      .u64(s.bfree)
+      .u64(s.bavail)
+      .u64(s.files)
+      .u64(s.ffree)
+      .u64(0n)
+      .u32(255)
+      .finish(T.statfs + 1, tag);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Namespace changes
+
+  private mkdir(r: Extract<Request, { type: T.mkdir }>): Buffer {
+    const d = this.fid(r.dfid);
+    checkName(r.name);
+    d.share.assertWritable();
+    const comps = [...d.comps, r.name];
+    const fake = d.actuator ? this.o.actuator!.lookup(d.share, comps) : undefined;
+    if (fake && 'qid' in fake) return new ReplyWriter(20).qid(fake.qid).finish(T.mkdir + 1, r.tag);
+    const p = path.join(d.share.dir(d.comps), r.name);
+    fs.mkdirSync(p, safeMode(r.mode, true));
+    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mkdir + 1, r.tag);
+  }
+
+  private symlink(r: Extract<Request, { type: T.symlink }>): Buffer {
+    const d = this.fid(r.fid);
+    checkName(r.name);
+    d.share.assertWritable();
+    if (r.target.includes('\0') || r.target === '') throw new P9Error(E.EINVAL, 'bad symlink target');
+    const comps = [...d.comps, r.name];
+    const fake = d.actuator ? this.o.actuator!.lookup(d.share, comps) : undefined;
+    if (fake && 'qid' in fake) return new ReplyWriter(20).qid(fake.qid).finish(T.symlink + 1, r.tag);
+    const p = path.join(d.share.dir(d.comps), r.name);
+    // The target is stored as text and never followed by the server; the guest resolves it.
+    fs.symlinkSync(r.target, p);
+    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.symlink + 1, r.tag);
+  }
+
+  private mknod(r: Extract<Request, { type: T.mknod }>): Buffer {
+    const d = this.fid(r.dfid);
+    checkName(r.name);
+    d.share.assertWritable();
+    // Device nodes, FIFOs and sockets are never made on the host (CVE-2023-2861 class); a regular
+    // file (mknod S_IFREG) is an ordinary create.
+    if ((r.mode & S_IFMT) !== S_IFREG && (r.mode & S_IFMT) !== 0) throw new P9Error(E.EPERM, 'special files cannot be created in a share');
+    const p = path.join(d.share.dir(d.comps), r.name);
+    fs.closeSync(fs.openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, safeMode(r.mode, false)));
+    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mknod + 1, r.tag);
+  }
+
+  private link(r: Extract<Request, { type: T.link }>): Buffer {
+    const d = this.fid(r.dfid);
+    const target = this.fid(r.fid);
+    checkName(r.name);
+    d.share.assertWritable();
+    if (target.share !== d.share) throw new P9Error(E.EXDEV);
+    if (d.actuator) return rempty(T.link, r.tag);
+    // link(2) does not follow a symlink target on Linux.
+    fs.linkSync(target.share.path(target.comps), path.join(d.share.dir(d.comps), r.name));
+    return rempty(T.link, r.tag);
+  }
+
+  private rename(tag: number, f: Fid, d: Fid, name: string): Buffer {
+    if (f.comps.length === 0) throw new P9Error(E.EBUSY, 'rename of the share root');
+    this.moveEntry(d, f.comps.slice(0, -1), f.comps[f.comps.length - 1]!, d.comps, name, f.share);
+    return rempty(T.rename, tag);
+  }
+
+  private renameat(r: Extract<Request, { type: T.renameat }>): Buffer {
+    const od = this.fid(r.olddirfid);
+    const nd = this.fid(r.newdirfid);
+    checkName(r.oldname);
+    if (od.share !== nd.share) throw new P9Error(E.EXDEV);
+    this.moveEntry(od, od.comps, r.oldname, nd.comps, r.newname, od.share);
+    return rempty(T.renameat, r.tag);
+  }
+
+  private moveEntry(by: Fid, fromDir: string[], fromName: string, toDir: string[], toName: string, share: Share): void {
+    checkName(toName);
+    share.assertWritable();
+    const from = [...fromDir, fromName];
+    const to = [...toDir, toName];
+    if (!by.actuator) fs.renameSync(path.join(share.dir(fromDir), fromName), path.join(share.dir(toDir), toName));
+    // Fids under the old name follow it (QEMU v9fs_fix_fid_paths).
+    for (const f of this.fids.values()) {
+      if (f.share === share && startsWith(f.comps, from)) f.comps = [...to, ...f.comps.slice(from.length)];
+    }
+  }
+
+  private unlinkat(r: Extract<Request, { type: T.unlinkat }>): Buffer {
+    const d = this.fid(r.dirfid);
+    checkName(r.name);
+    d.share.assertWritable();
+    if (!d.actuator) {
+      const p = path.join(d.share.dir(d.comps), r.name);
+      if (r.flags & AT_REMOVEDIR) fs.rmdirSync(p);
+      else {
+        if (fs.lstatSync(p).isDirectory()) throw new P9Error(E.EISDIR);
+        fs.unlinkSync(p);
+      }
+    }
+    return rempty(T.unlinkat, r.tag);
+  }
+
+  private removePath(f: Fid): void {
+    if (f.comps.length === 0) throw new P9Error(E.EBUSY, 'remove of the share root');
+    f.share.assertWritable();
+    if (f.actuator) return;
+    const p = f.share.path(f.comps);
+    if (fs.lstatSync(p).isDirectory()) fs.rmdirSync(p);
+    else fs.unlinkSync(p);
+  }
+}
+
+const DT_DIR = 4;
+const DT_REG = 8;
+const DT_LNK = 10;
+const DT_UNKNOWN = 0;
+
+function direntType(st: BigIntStats): number {
+  if (st.isDirectory()) return DT_DIR;
+  if (st.isFile()) return DT_REG;
+  if (st.isSymbolicLink()) return DT_LNK;
+  return DT_UNKNOWN;
+}
+
+function startsWith(a: readonly string[], prefix: readonly string[]): boolean {
+  if (a.length < prefix.length) return false;
+  return prefix.every((p, i) => a[i] === p);
+}
+
+function seconds(sec: bigint, nsec: bigint): number {
+  return Number(sec) + Number(nsec) / 1e9;
+}
+
+/** Permission bits the guest may set: no set-uid, and set-gid only on directories. */
+function safeMode(mode: number, isDir: boolean): number {
+  let m = mode & 0o7777 & ~S_ISUID;
+  if (!isDir) m &= ~S_ISGID;
+  return m;
+}
+
+/** Linux open flags from the guest → the host's, for an existing file; never following symlinks. */
+export function hostOpenFlags(flags: number): number {
+  let out = (flags & L.RDWR) === L.RDWR ? C.O_RDWR : (flags & L.WRONLY) !== 0 ? C.O_WRONLY : C.O_RDONLY;
+  if (flags & L.TRUNC) out |= C.O_TRUNC;
+  if (flags & L.APPEND) out |= C.O_APPEND;
+  if ((flags & L.SYNC) === L.SYNC) out |= C.O_SYNC;
+  else if (flags & L.DSYNC) out |= C.O_DSYNC;
+  return out | C.O_NOFOLLOW;
+}
+
+/**
+ * Opens an existing regular file: O_NOFOLLOW (a symlink fails with ELOOP), O_NONBLOCK (a FIFO
+ * swapped in cannot block the server), then refuses anything that is not a regular file
+ * (CVE-2023-2861: device nodes, FIFOs and sockets are never opened on the guest's behalf).
+ */
+function openRegular(p: string, flags: number): number {
+  const fd = fs.openSync(p, flags | C.O_NOFOLLOW | C.O_NONBLOCK);
+  const st = fs.fstatSync(fd);
+  if (!st.isFile()) {
+    fs.closeSync(fd);
+    throw new P9Error(st.isDirectory() ? E.EISDIR : E.EACCES, 'not a regular file');
+  }
+  return fd;
+}
