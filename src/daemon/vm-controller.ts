@@ -16,6 +16,7 @@ import { ensureDataDisk } from '../vm/data-disk.js';
 import { QemuProcess, type QemuExit } from '../vm/qemu-process.js';
 import type { VmConfig } from '../vm/qemu-args.js';
 import { DockerProxy } from '../api/docker-proxy.js';
+import { DEFAULT_VM_PATHS, type MountPolicy } from '../api/mount-policy.js';
 import { registerDockerContext } from './docker-context.js';
 import { prepareSocketPath } from '../util/unix-socket.js';
 import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
@@ -470,7 +471,8 @@ export class VmController extends EventEmitter {
 
   private async startProxy(session: GuestSession): Promise<DockerProxy> {
     const settings = this.settings ?? (await readSettings(this.paths.settings));
-    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'));
+    const policy: MountPolicy = { shares: settings.shares.map((s) => ({ path: s.path, readOnly: s.readOnly ?? false })), vmPaths: DEFAULT_VM_PATHS };
+    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy);
     await proxy.listen();
     return proxy;
   }

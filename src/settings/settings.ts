@@ -36,6 +36,13 @@ export interface Settings {
   'ports.defaultAddress': '127.0.0.1' | '0.0.0.0';
   /** Forwards to ports opened in the VM outside Docker: "tcp:8022:22", "udp:127.0.0.1:5353:53". */
   'ports.extra': string[];
+  /** Host folders shared into the VM at their own paths (docs/files.md); bind mounts must be inside one. */
+  shares: ShareSetting[];
+}
+
+export interface ShareSetting {
+  path: string;
+  readOnly?: boolean;
 }
 
 export const SETTING_KEYS = [
@@ -52,6 +59,7 @@ export const SETTING_KEYS = [
   'network.backend',
   'ports.defaultAddress',
   'ports.extra',
+  'shares',
 ] as const;
 export type SettingKey = (typeof SETTING_KEYS)[number];
 
@@ -70,6 +78,7 @@ export function defaultSettings(): Settings {
     'network.backend': 'berth',
     'ports.defaultAddress': '127.0.0.1',
     'ports.extra': [],
+    shares: [{ path: os.homedir() }, { path: os.tmpdir() }],
   };
 }
 
@@ -99,6 +108,7 @@ const RULES: Record<SettingKey, Rule> = {
   'network.allowLinkLocal': boolRule(),
   'network.backend': { check: (v) => (v === 'berth' || v === 'qemu-user' ? undefined : '"berth" or "qemu-user"') },
   'ports.defaultAddress': { check: (v) => (v === '127.0.0.1' || v === '0.0.0.0' ? undefined : '"127.0.0.1" or "0.0.0.0"') },
+  shares: { check: sharesProblem },
   'ports.extra': {
     check: (v) => {
       const what = 'a list of at most 64 forwards like "tcp:8022:22" or "udp:127.0.0.1:5353:53"';
@@ -108,6 +118,24 @@ const RULES: Record<SettingKey, Rule> = {
     },
   },
 };
+
+/** VM paths a share must not cover or sit inside: the VM's own system and the engine's state. */
+const VM_OWN_PATHS = ['/proc', '/sys', '/dev', '/run', '/var/run', '/var/lib/docker', '/var/lib/containerd', '/usr', '/etc', '/bin', '/sbin', '/lib', '/lib64', '/boot', '/mnt/data'];
+
+function sharesProblem(v: unknown): string | undefined {
+  const what = 'a list of at most 32 folders like [{"path": "/home/me"}, {"path": "/data", "readOnly": true}]: absolute paths, not "/" and not a system folder of the VM (/usr, /etc, /var/lib/docker, ...)';
+  if (!Array.isArray(v) || v.length > 32) return what;
+  for (const e of v) {
+    if (!e || typeof e !== 'object' || Array.isArray(e)) return what;
+    const o = e as Record<string, unknown>;
+    if (Object.keys(o).some((k) => k !== 'path' && k !== 'readOnly')) return `${what} (unknown key in ${JSON.stringify(e)})`;
+    if (typeof o.path !== 'string' || !path.isAbsolute(o.path) || o.path.includes('\0') || o.path.includes(',')) return `${what} (${JSON.stringify(o.path)} is not an absolute path without commas)`;
+    if (o.readOnly !== undefined && typeof o.readOnly !== 'boolean') return `${what} (readOnly must be true or false)`;
+    const p = path.posix.normalize(o.path).replace(/(.)\/+$/, '$1');
+    if (p === '/' || VM_OWN_PATHS.some((vm) => p === vm || p.startsWith(`${vm}/`) || vm.startsWith(`${p}/`))) return `${what} (${p} would hide part of the VM)`;
+  }
+  return undefined;
+}
 
 function boolRule(): Rule {
   return { check: (v) => (typeof v === 'boolean' ? undefined : 'true or false') };
