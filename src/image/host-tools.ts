@@ -13,6 +13,7 @@ export const HOST_TOOLS: ReadonlyArray<{ tool: string; pkg: string }> = [
   { tool: 'depmod', pkg: 'kmod' },
   { tool: 'mksquashfs', pkg: 'squashfs-tools' },
   { tool: 'xz', pkg: 'xz-utils' },
+  { tool: 'zstd', pkg: 'zstd' },
 ];
 
 /** depmod lives in /usr/sbin, which a normal user's PATH may lack. */

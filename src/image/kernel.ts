@@ -18,11 +18,12 @@ import { runTool } from './run.js';
  */
 const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 const GZIP_MAGIC = Buffer.from([0x1f, 0x8b, 0x08]);
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
 const HDRS = 0x53726448; // "HdrS" read as u32 LE
 
 export interface KernelPayload {
-  compression: 'xz' | 'gzip';
+  compression: 'xz' | 'gzip' | 'zstd';
   /** Byte offset of the payload in the bzImage. */
   offset: number;
   length: number;
@@ -30,7 +31,7 @@ export interface KernelPayload {
 
 function notBzImage(why: string): BerthError {
   return new BerthError('IMAGE_BUILD_FAILED', `Image build failed at step "kernel": the kernel file is not a usable bzImage (${why}).`, {
-    hint: 'kernel.package in guest/manifest.json must be an x86 Debian kernel image package (xz- or gzip-compressed).',
+    hint: 'kernel.package in guest/manifest.json must be an x86 Debian kernel image package (xz-, zstd- or gzip-compressed).',
   });
 }
 
@@ -46,7 +47,8 @@ export function parseBzImage(bzImage: Buffer): KernelPayload {
   const head = bzImage.subarray(offset, offset + 6);
   if (head.equals(XZ_MAGIC)) return { compression: 'xz', offset, length };
   if (head.subarray(0, 3).equals(GZIP_MAGIC)) return { compression: 'gzip', offset, length };
-  throw notBzImage(`payload compression not supported (magic ${head.toString('hex')}; xz and gzip are)`);
+  if (head.subarray(0, 4).equals(ZSTD_MAGIC)) return { compression: 'zstd', offset, length };
+  throw notBzImage(`payload compression not supported (magic ${head.toString('hex')}; xz, zstd and gzip are)`);
 }
 
 /**
@@ -57,16 +59,18 @@ export async function extractVmlinux(bzImagePath: string, outPath: string, signa
   const bz = await fs.readFile(bzImagePath);
   const payload = parseBzImage(bz);
   const data = bz.subarray(payload.offset, payload.offset + payload.length);
-  if (payload.compression === 'xz') {
-    // --single-stream: the kernel appends the uncompressed size (4 bytes) after the xz stream,
-    // which plain `xz -dc` would reject as trailing garbage. Output goes straight to the file.
+  if (payload.compression === 'xz' || payload.compression === 'zstd') {
+    // The kernel appends the uncompressed size (4 bytes) after the compressed stream: xz is told to
+    // stop after one stream, and zstd gets the stream without those bytes (it would reject them as
+    // trailing garbage). Output goes straight to the file.
+    const [tool, args, input] = payload.compression === 'xz' ? ['xz', ['-dc', '--single-stream'], data] : ['zstd', ['-dcq'], data.subarray(0, data.length - 4)];
     const out = await fs.open(outPath, 'w', 0o644);
     try {
-      await runTool(toolPath('xz'), ['-dc', '--single-stream'], {
+      await runTool(toolPath(tool), args, {
         code: 'IMAGE_BUILD_FAILED',
-        what: 'Image build failed at step "kernel": xz cannot decompress the kernel payload',
+        what: `Image build failed at step "kernel": ${tool} cannot decompress the kernel payload`,
         signal,
-        input: data,
+        input,
         stdoutFd: out.fd,
       });
     } finally {

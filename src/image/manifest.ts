@@ -35,8 +35,8 @@ export interface Manifest {
   prune: string[];
 }
 
-/** `name` or `name=version`, Debian syntax (policy 5.6.1 / 5.6.12). */
-const PACKAGE_SPEC = /^[a-z0-9][a-z0-9+.-]+(=[0-9][A-Za-z0-9.+:~-]*)?$/;
+/** `name`, `name=version` (Debian policy 5.6.1 / 5.6.12) or `name/release` (apt's target release, e.g. bookworm-backports). */
+const PACKAGE_SPEC = /^[a-z0-9][a-z0-9+.-]+(=[0-9][A-Za-z0-9.+:~-]*|\/[a-z0-9][a-z0-9.-]*)?$/;
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
 const MODULE_NAME = /^[A-Za-z0-9_-]+$/;
 /** Relative, no "..", no leading "/", no empty segments. */
@@ -112,7 +112,7 @@ export function validateManifest(raw: unknown, file = 'manifest.json'): Manifest
   if (m.arch !== 'amd64') bad('arch', 'must be "amd64" (the only architecture supported so far)');
   const kernel = obj(m.kernel, 'kernel', KERNEL_KEYS);
   const packages = obj(m.packages, 'packages', PACKAGE_GROUPS);
-  const spec = 'a Debian package name or name=version';
+  const spec = 'a Debian package name, name=version or name/release';
   const out: Manifest = {
     name: str(m.name, 'name', /^[A-Za-z0-9._-]+$/, 'a name of letters, digits, ".", "_" or "-"'),
     format: 1,
@@ -153,8 +153,8 @@ export function userlandPackages(m: Manifest): string[] {
   return PACKAGE_GROUPS.flatMap((g) => m.packages[g]);
 }
 
-/** Package name without the `=version` pin. */
+/** Package name without the `=version` pin or `/release`. */
 export function packageName(spec: string): string {
-  const i = spec.indexOf('=');
+  const i = spec.search(/[=/]/);
   return i < 0 ? spec : spec.slice(0, i);
 }
