@@ -1,0 +1,118 @@
+import { Worker } from 'node:worker_threads';
+import type { Logger } from './log.js';
+
+/**
+ * A worker thread the daemon keeps alive (the network translator, the file server): started with a
+ * heap limit, so a crash or an out-of-memory ends only the worker; restarted after it dies, with a
+ * growing back-off; given up on after MAX_RESTARTS within RESTART_WINDOW_MS, so a worker that dies
+ * at once does not spin. `stop()` asks it to finish ({type: 'stop'}) and terminates it after 2 s.
+ */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
+const STOP_GRACE_MS = 2000;
+
+export interface SupervisedWorkerOptions<Out> {
+  /** For log lines: "network translator", "file server". */
+  name: string;
+  url: URL;
+  workerData: unknown;
+  heapMb: number;
+  /** First restart delay; doubles with each restart in the window. */
+  backoffMs?: number;
+  onMessage: (m: Out) => void;
+  /** After each (re)start: send the worker what it needs. */
+  onStart?: () => void;
+  /** After the worker ended unexpectedly (before any restart). */
+  onExit?: () => void;
+}
+
+export class SupervisedWorker<In extends { type: string }, Out> {
+  private worker: Worker | undefined;
+  private stopping = false;
+  private restartTimes: number[] = [];
+  private restartCount = 0;
+  private failure: string | undefined;
+
+  constructor(
+    private readonly o: SupervisedWorkerOptions<Out>,
+    private readonly log: Logger,
+  ) {}
+
+  get running(): boolean {
+    return this.worker !== undefined;
+  }
+
+  /** How often the worker was restarted after dying. */
+  get restarts(): number {
+    return this.restartCount;
+  }
+
+  /** Why it last died, if it did. */
+  get lastFailure(): string | undefined {
+    return this.failure;
+  }
+
+  start(): void {
+    this.stopping = false;
+    this.spawn();
+  }
+
+  send(m: In): boolean {
+    if (!this.worker) return false;
+    this.worker.postMessage(m);
+    return true;
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    const w = this.worker;
+    this.worker = undefined;
+    if (!w) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => void w.terminate().then(() => resolve()), STOP_GRACE_MS);
+      w.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      w.postMessage({ type: 'stop' });
+    });
+  }
+
+  private spawn(): void {
+    const w = new Worker(this.o.url, { workerData: this.o.workerData, resourceLimits: { maxOldGenerationSizeMb: this.o.heapMb }, stdout: false, stderr: false });
+    this.worker = w;
+    let crashed = false;
+    w.on('message', (m: Out) => this.o.onMessage(m));
+    w.on('error', (err) => {
+      crashed = true;
+      this.failure = `${err.name}: ${err.message}`;
+      this.log.error(`${this.o.name} crashed`, { err: err.stack ?? err.message });
+    });
+    w.on('exit', (code) => {
+      if (this.worker !== w) return; // stopped on purpose
+      this.worker = undefined;
+      if (!crashed) this.failure = `exited with code ${code}`;
+      this.o.onExit?.();
+      if (!this.stopping) this.restartLater();
+    });
+    this.o.onStart?.();
+  }
+
+  private restartLater(): void {
+    const now = Date.now();
+    this.restartTimes = this.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
+    if (this.restartTimes.length >= MAX_RESTARTS) {
+      this.log.error(`${this.o.name} keeps failing; not restarting it (run \`berth restart\`)`, { last: this.failure });
+      return;
+    }
+    this.restartTimes.push(now);
+    const delay = (this.o.backoffMs ?? 250) * 2 ** (this.restartTimes.length - 1);
+    this.log.warn(`restarting the ${this.o.name}`, { delayMs: delay, why: this.failure });
+    setTimeout(() => {
+      if (!this.stopping && !this.worker) {
+        this.restartCount++;
+        this.spawn();
+      }
+    }, delay);
+  }
+}
