@@ -27,7 +27,8 @@ export interface GuestNetwork {
   guestIp: string;
 }
 
-export function guestNetwork(settings: Settings, paths: BerthPaths): GuestNetwork {
+/** `fileServer`: the guest may reach the 9P file server at gateway:564 (folders are shared). */
+export function guestNetwork(settings: Settings, paths: BerthPaths, fileServer = false): GuestNetwork {
   if (settings['network.backend'] === 'qemu-user') {
     const forwards = settings['ports.extra'].flatMap((t) => {
       const f = parseExtraForward(t);
@@ -55,6 +56,7 @@ export function guestNetwork(settings: Settings, paths: BerthPaths): GuestNetwor
       translatorMac: TRANSLATOR_MAC,
       guestMac: GUEST_MAC,
       deniedHostPorts: [],
+      ...(fileServer ? { fileServerSocket: paths.p9Socket } : {}),
     },
     hostAlias,
     guestIp: formatIp4(plan.guest),

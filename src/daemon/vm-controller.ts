@@ -24,6 +24,8 @@ import { guestNetwork, type GuestNetwork } from './guest-network.js';
 import { PortPublisher } from '../ports/publisher.js';
 import { extraForwards } from '../ports/forwards.js';
 import { NetService } from '../net/net-service.js';
+import { FileService, guestShareConfig, planShares } from '../fs/file-service.js';
+import type { ShareSpec } from '../fs/share.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 
@@ -48,6 +50,8 @@ interface Running {
   net: NetService | undefined;
   network: GuestNetwork;
   publisher: PortPublisher | undefined;
+  /** The 9P file server (absent when no folder is shared). */
+  files: FileService | undefined;
   proxy: DockerProxy | undefined;
   accelerator: Accelerator;
   image: ResolvedImage;
@@ -97,9 +101,12 @@ export class VmController extends EventEmitter {
       const image = saved?.image ?? (await this.images.current());
       // The guest was configured for the network of its start, whatever the settings say now.
       const network = saved?.network ?? guestNetwork(this.settings, this.paths);
+      // The same token and shares as the boot the guest mounted with.
+      const files = saved?.files ? new FileService(this.paths.p9Socket, saved.files.shares, this.log.child('files'), saved.files.token) : undefined;
+      await files?.start();
       const net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
       net?.start();
-      const running: Running = { qemu, session, net, network, publisher: undefined, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
+      const running: Running = { qemu, session, net, network, publisher: undefined, files, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
       this.running = running;
       this.watch(running);
       await session.waitEngineReady(60_000);
@@ -210,6 +217,7 @@ export class VmController extends EventEmitter {
     let qemu: QemuProcess | undefined;
     let session: GuestSession | undefined;
     let net: NetService | undefined;
+    let files: FileService | undefined;
     try {
       const settings = await step(record, 'settings', 'Read settings', async () => readSettings(this.paths.settings));
       this.settings = settings;
@@ -244,12 +252,25 @@ export class VmController extends EventEmitter {
       });
 
       await this.rotateLogs();
+      const plan = planShares(settings.shares);
+      for (const w of plan.skipped) this.warn(record, w);
+      if (plan.shares.length > 0 && settings['network.backend'] === 'berth') {
+        const f = new FileService(this.paths.p9Socket, plan.shares, this.log.child('files'));
+        files = f;
+        await step(record, 'files', 'Start the file server', async (d) => {
+          await f.start();
+          await writeFileAtomic(this.paths.sharesConfig, guestShareConfig(f.token, plan.shares));
+          d(plan.shares.map((s) => `${s.path}${s.readOnly ? ' (read-only)' : ''}`).join(', '));
+        });
+      } else if (plan.shares.length > 0) {
+        this.warn(record, 'Folders are not shared with network.backend "qemu-user" (the file server is reached through berth\'s translator).');
+      }
       const deadline = Date.now() + settings.startTimeoutSec * 1000;
       /**
        * Launches QEMU and waits for the agent and the engine. On failure it leaves `qemu` and
        * `session` set for the cleanup below.
        */
-      const network = guestNetwork(settings, this.paths);
+      const network = guestNetwork(settings, this.paths, files !== undefined);
       const boot = async (accelerator: Accelerator): Promise<{ started: QemuProcess; s: GuestSession; info: GuestInfo }> => {
         const cfg: VmConfig = {
           network: network.vm,
@@ -266,6 +287,7 @@ export class VmController extends EventEmitter {
           serialLog: this.paths.vmLog,
           pidFile: this.paths.qemuPidFile,
           instanceTag: this.paths.home,
+          ...(files ? { fwCfgFiles: [{ name: 'opt/berth/shares', file: this.paths.sharesConfig }] } : {}),
           ...(cpuOverride() ? { cpuModel: cpuOverride()! } : {}),
         };
         const started = await step(record, 'vm.launch', 'Launch QEMU', async (d) => {
@@ -321,7 +343,7 @@ export class VmController extends EventEmitter {
         booted = await boot(accel);
       }
       const { started, s, info } = booted;
-      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
       await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
         running.proxy = await this.startProxy(s);
         const ms = await pingDockerThroughProxy(dockerSocket);
@@ -330,7 +352,7 @@ export class VmController extends EventEmitter {
       running.publisher = this.startPublisher(running);
       this.running = running;
       this.watch(running);
-      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId, network });
+      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId, network, ...(files ? { files: { token: files.token, shares: files.shares } } : {}) });
       try {
         const ctx = await registerDockerContext(`unix://${dockerSocket}`, { use: opts.switchContext ?? false });
         if (opts.switchContext) record({ type: 'note', level: 'info', message: `docker context "${ctx.name}" is now the current context.`, at: Date.now() });
@@ -347,6 +369,7 @@ export class VmController extends EventEmitter {
       // Leave nothing half-started behind.
       if (session) session.close();
       await net?.stop();
+      await files?.stop();
       if (qemu && !qemu.hasExited) await qemu.quit(3000);
       await this.teardown(false);
       const consoleTail = await readTail(this.paths.vmLog, 25);
@@ -486,11 +509,12 @@ export class VmController extends EventEmitter {
       await r.proxy?.close().catch(() => {});
       r.session.close();
       await r.net?.stop();
+      await r.files?.stop();
       if (killQemu && !r.qemu.hasExited) await r.qemu.quit(3000);
     }
     const dockerSocket = this.settings?.dockerSocket ?? this.paths.defaultDockerSocket;
     // Only our own leftovers: prepareSocketPath refuses non-sockets and live sockets.
-    for (const p of [this.paths.qmpSocket, this.paths.controlSocket, this.paths.netSocket, this.paths.qemuPidFile, this.paths.vmStateFile]) {
+    for (const p of [this.paths.qmpSocket, this.paths.controlSocket, this.paths.netSocket, this.paths.p9Socket, this.paths.sharesConfig, this.paths.qemuPidFile, this.paths.vmStateFile]) {
       await fs.rm(p, { force: true }).catch(() => {});
     }
     await prepareSocketPath(dockerSocket, 'Docker API socket').catch(() => {});
@@ -529,6 +553,8 @@ interface VmFile {
   image: ResolvedImage;
   bootId: string;
   network: GuestNetwork;
+  /** The file server's token and shares of this boot (the guest mounted with them). */
+  files?: { token: string; shares: ShareSpec[] };
 }
 
 function networkStatus(r: Running): NetworkStatus {

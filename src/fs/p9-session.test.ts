@@ -67,7 +67,7 @@ test('attach needs the token and names a share', (t) => {
   assert.equal(errno(() => c.attach(`${TOKEN}:nope`)), E.ENOENT);
 });
 
-test('walk and getattr: qids are the host (dev, ino); files of the berth user appear owned by the asking uid', (t) => {
+test('walk and getattr: qids are the host (dev, ino); owners as on the host; shared modes writable for all, private ones kept', (t) => {
   const { dir, c, root } = setup(t);
   const { fid, qids } = c.walk(root, ['sub', 'a.txt']);
   assert.equal(qids.length, 2);
@@ -77,8 +77,15 @@ test('walk and getattr: qids are the host (dev, ino); files of the berth user ap
   const st = fs.lstatSync(path.join(dir, 'sub', 'a.txt'), { bigint: true });
   assert.equal(a.qid.path & ((1n << 48n) - 1n), st.ino);
   assert.equal(a.size, 1n);
-  assert.equal(a.mode, Number(st.mode));
-  assert.equal(a.uid, 1000, 'shown as the uid that attached');
+  assert.equal(a.uid, Number(st.uid));
+  fs.chmodSync(path.join(dir, 'sub', 'a.txt'), 0o644);
+  assert.equal(c.getattr(fid).mode & 0o777, 0o666, '644 is shown 666: another uid may write where the host user can');
+  fs.chmodSync(path.join(dir, 'sub', 'a.txt'), 0o600);
+  assert.equal(c.getattr(fid).mode & 0o777, 0o600, 'private files stay private (ssh keys)');
+  fs.chmodSync(path.join(dir, 'sub', 'a.txt'), 0o444);
+  assert.equal(c.getattr(fid).mode & 0o777, 0o444, 'read-only for the owner stays read-only');
+  fs.chmodSync(path.join(dir, 'sub'), 0o755);
+  assert.equal(c.getattr(c.walk(root, ['sub']).fid).mode & 0o777, 0o777);
   assert.equal(a.mtimeSec, st.mtimeNs / 1_000_000_000n);
   assert.equal(a.mtimeNsec, st.mtimeNs % 1_000_000_000n);
   // A walk of zero names clones the fid.

@@ -13,9 +13,13 @@ import { direntSize, IOHDRSZ, MAXWELEM, NOFID, parseRequest, ReplyWriter, rempty
  * request can interleave with another's path checks.
  *
  * Identity: the client mounts with access=user, so every guest uid attaches on its own and its fids
- * carry that uid. Files the berth user owns are reported as owned by the uid asking, so a container
- * running as any uid may write where the host user can (the host decides); ownership changes are
- * accepted and ignored (QEMU's security_model=none).
+ * carry that uid (the change-event actuator is recognised that way). Owners are reported as they
+ * are on the host. So that a container running as another uid can write where the host user can,
+ * the berth user's files that are not private (some group or other bit set) are reported with the
+ * group and other write bits the owner has: 644 → 666, 755 → 777, while 600 and 700 (keys, private
+ * folders) stay as they are, since tools such as ssh refuse keys that look shared. The guest kernel
+ * checks permissions against these modes; the host checks again when the server acts. Ownership
+ * changes are accepted and ignored (QEMU's security_model=none): the host user cannot give files away.
  */
 
 export interface SessionOptions {
@@ -71,7 +75,6 @@ export class P9Session {
   private msize: number;
   private readonly fids = new Map<number, Fid>();
   private readonly serverUid = process.getuid?.() ?? 0;
-  private readonly serverGid = process.getgid?.() ?? 0;
 
   constructor(private readonly o: SessionOptions) {
     this.msize = o.maxMsize;
@@ -300,20 +303,18 @@ export class P9Session {
     const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : this.stat(f);
     const w = new ReplyWriter(160);
     w.u64(P9_GETATTR_BASIC).qid(this.o.qids.qid(st));
-    w.u32(Number(st.mode)).u32(this.shownUid(st, f)).u32(this.shownGid(st, f));
+    w.u32(this.shownMode(st)).u32(Number(st.uid)).u32(Number(st.gid));
     w.u64(st.nlink).u64(st.rdev).u64(st.size).u64(st.blksize).u64(st.blocks);
     for (const ns of [st.atimeNs, st.mtimeNs, st.ctimeNs, st.birthtimeNs]) w.u64(ns / 1_000_000_000n).u64(ns % 1_000_000_000n);
     w.u64(0n).u64(0n); // gen, data_version: not available from Node
     return w.finish(T.getattr + 1, tag);
   }
 
-  /** The berth user's files appear owned by whoever asks (see the class comment). */
-  private shownUid(st: BigIntStats, f: Fid): number {
-    return Number(st.uid) === this.serverUid ? f.uid : Number(st.uid);
-  }
-
-  private shownGid(st: BigIntStats, f: Fid): number {
-    return Number(st.gid) === this.serverGid ? f.uid : Number(st.gid);
+  /** The mode the guest sees (see the class comment). */
+  private shownMode(st: BigIntStats): number {
+    const mode = Number(st.mode);
+    if (Number(st.uid) !== this.serverUid || (mode & 0o077) === 0 || st.isSymbolicLink()) return mode;
+    return mode & 0o200 ? mode | 0o022 : mode;
   }
 
   private setattr(r: Extract<Request, { type: T.setattr }>): Buffer {

@@ -22,6 +22,10 @@ export interface BerthPaths {
   controlSocket: string;
   /** QEMU's -netdev stream socket; the network translator connects to it. */
   netSocket: string;
+  /** The 9P file server's socket (the translator hands it the guest's gateway:564 connections). */
+  p9Socket: string;
+  /** The share list and token for the guest, passed to QEMU as a fw_cfg file. */
+  sharesConfig: string;
   qemuPidFile: string;
   daemonPidFile: string;
   vmStateFile: string;
@@ -54,6 +58,8 @@ export function resolvePaths(env: NodeJS.ProcessEnv = process.env): BerthPaths {
     qmpSocket: path.join(runDir, 'qmp.sock'),
     controlSocket: path.join(runDir, 'control.sock'),
     netSocket: path.join(runDir, 'net.sock'),
+    p9Socket: path.join(runDir, '9p.sock'),
+    sharesConfig: path.join(runDir, 'shares.cfg'),
     qemuPidFile: path.join(runDir, 'qemu.pid'),
     daemonPidFile: path.join(runDir, 'daemon.pid'),
     vmStateFile: path.join(runDir, 'vm.json'),

@@ -129,7 +129,7 @@ function sharesProblem(v: unknown): string | undefined {
     if (!e || typeof e !== 'object' || Array.isArray(e)) return what;
     const o = e as Record<string, unknown>;
     if (Object.keys(o).some((k) => k !== 'path' && k !== 'readOnly')) return `${what} (unknown key in ${JSON.stringify(e)})`;
-    if (typeof o.path !== 'string' || !path.isAbsolute(o.path) || o.path.includes('\0') || o.path.includes(',')) return `${what} (${JSON.stringify(o.path)} is not an absolute path without commas)`;
+    if (typeof o.path !== 'string' || !path.isAbsolute(o.path) || /[\0\t\n]/.test(o.path)) return `${what} (${JSON.stringify(o.path)} is not an absolute path without tabs or newlines)`;
     if (o.readOnly !== undefined && typeof o.readOnly !== 'boolean') return `${what} (readOnly must be true or false)`;
     const p = path.posix.normalize(o.path).replace(/(.)\/+$/, '$1');
     if (p === '/' || VM_OWN_PATHS.some((vm) => p === vm || p.startsWith(`${vm}/`) || vm.startsWith(`${p}/`))) return `${what} (${p} would hide part of the VM)`;

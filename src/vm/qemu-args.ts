@@ -26,6 +26,8 @@ export interface VmConfig extends MachineSpec {
   pidFile: string;
   /** Marker placed in `-name` so a restarted daemon can recognise its own QEMU in /proc. */
   instanceTag: string;
+  /** Files the guest reads through QEMU's fw_cfg (/sys/firmware/qemu_fw_cfg/by_name/<name>/raw). */
+  fwCfgFiles?: { name: string; file: string }[];
 }
 
 /** The virtio-serial port name the agent looks for in /sys/class/virtio-ports/. */
@@ -62,6 +64,7 @@ export function buildQemuArgs(c: VmConfig): string[] {
     '-device', `virtserialport,chardev=control,name=${CONTROL_PORT_NAME}`,
     '-chardev', `socket,id=qmp,path=${opt(c.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=qmp,mode=control',
+    ...(c.fwCfgFiles ?? []).flatMap((f) => ['-fw_cfg', `name=${opt(f.name)},file=${opt(f.file)}`]),
     '-pidfile', c.pidFile,
     // A UUID derived from the berth home identifies our own QEMU in /proc/<pid>/cmdline.
     '-uuid', uuidFromTag(c.instanceTag),

@@ -1,0 +1,107 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import type { Logger } from '../util/log.js';
+import { SupervisedWorker } from '../util/supervised-worker.js';
+import { workerLog } from '../net/net-service.js';
+import type { ShareSetting } from '../settings/settings.js';
+import type { FsWorkerConfig, FsWorkerMessage } from './fs-worker.js';
+import type { ShareSpec } from './share.js';
+
+/**
+ * The daemon's side of file sharing (docs/files.md): decides which configured folders are shared
+ * this boot, runs the 9P server in a supervised worker thread on a Unix socket (the translator
+ * hands it the guest's connections to gateway:564), and writes what the guest's init needs to
+ * mount them: a random token of this boot and the share list, passed to QEMU as a fw_cfg file.
+ */
+const HEAP_LIMIT_MB = 256;
+/** The largest 9P message: the Linux client's TCP transport maximum is 1 MiB (MAX_SOCK_BUF). */
+export const MAX_MSIZE = 1024 * 1024;
+
+export interface SharePlan {
+  shares: ShareSpec[];
+  /** Folders of the setting that are not shared this boot, and why (shown as warnings). */
+  skipped: string[];
+}
+
+/** The folders to share: those of the setting that exist on the host as directories. */
+export function planShares(settings: readonly ShareSetting[]): SharePlan {
+  const shares: ShareSpec[] = [];
+  const skipped: string[] = [];
+  for (const s of settings) {
+    let ok = false;
+    try {
+      ok = fs.statSync(s.path).isDirectory();
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      skipped.push(`Shared folder ${s.path} does not exist on this host (or is not a folder); it is not shared. Change the "shares" setting to remove it.`);
+      continue;
+    }
+    shares.push({ id: `s${shares.length}`, path: s.path, readOnly: s.readOnly ?? false });
+  }
+  return { shares, skipped };
+}
+
+/**
+ * The fw_cfg file the guest's init reads: the token on the first line, then one share per line,
+ * "id<TAB>ro|rw<TAB>path". Settings validation keeps tabs and newlines out of paths.
+ */
+export function guestShareConfig(token: string, shares: readonly ShareSpec[]): string {
+  return [token, ...shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.path}`)].join('\n') + '\n';
+}
+
+export class FileService {
+  private readonly worker: SupervisedWorker<{ type: 'stop' }, FsWorkerMessage>;
+  private ready: (() => void) | undefined;
+  readonly token: string;
+
+  constructor(
+    readonly socketPath: string,
+    readonly shares: ShareSpec[],
+    log: Logger,
+    token?: string,
+  ) {
+    this.token = token ?? randomBytes(24).toString('hex');
+    const cfg: FsWorkerConfig = { socketPath, token: this.token, shares, maxMsize: MAX_MSIZE };
+    this.worker = new SupervisedWorker(
+      {
+        name: 'file server',
+        url: new URL('./fs-worker.js', import.meta.url),
+        workerData: cfg,
+        heapMb: HEAP_LIMIT_MB,
+        onMessage: (m) => {
+          if (m.type === 'ready') this.ready?.();
+          else workerLog(log, m.level, m.msg, m.fields);
+        },
+      },
+      log,
+    );
+  }
+
+  get restarts(): number {
+    return this.worker.restarts;
+  }
+
+  get lastFailure(): string | undefined {
+    return this.worker.lastFailure;
+  }
+
+  /** Starts the server and waits until it listens. */
+  start(timeoutMs = 10_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the file server did not start within ${timeoutMs} ms: ${this.worker.lastFailure ?? 'no reason given'}`)), timeoutMs);
+      this.ready = () => {
+        clearTimeout(timer);
+        this.ready = undefined;
+        resolve();
+      };
+      this.worker.start();
+    });
+  }
+
+  async stop(): Promise<void> {
+    await this.worker.stop();
+    fs.rmSync(this.socketPath, { force: true });
+  }
+}
