@@ -11,6 +11,8 @@ import { parseExecMeta, runExec } from './exec-service.js';
 import { followLog, parseLogsMeta } from './logs-service.js';
 import { powerOff, prepareShutdown, readBootId, readBootTimes, readImageKey, systemInfo } from './system.js';
 import type { GuestInfo } from '../control/guest-info.js';
+import { SharedFolders } from './shared-folders.js';
+import { ACT_OPS, type ActOp } from '../control/actuator.js';
 
 /**
  * The berth guest agent. Runs inside the VM on Debian's Node 18 (bundled into one file by
@@ -72,7 +74,24 @@ function main(): void {
     send();
   });
 
+  const folders = new SharedFolders(log.child('folders'));
   serveRpc(mux, {
+    // Change events of shared folders (docs/files.md): pins before containers start, then replays.
+    'fs.pin': async (p: unknown) => {
+      const out: Record<string, number> = {};
+      for (const path of pathsFrom(p)) out[path] = (await folders.pin(path)).pinned;
+      return { pinned: out, total: folders.pinnedCount };
+    },
+    'fs.unpin': async (p: unknown) => {
+      for (const path of pathsFrom(p)) folders.unpin(path);
+      return { total: folders.pinnedCount };
+    },
+    'fs.act': async (p: unknown) => {
+      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; path?: unknown; to?: unknown; written?: unknown };
+      if (!ACT_OPS.includes(o.op as ActOp) || !isAbsPath(o.path) || (o.to !== undefined && !isAbsPath(o.to))) throw Object.assign(new Error('fs.act needs {op, path[, to]} with absolute paths'), { code: 'USAGE' });
+      await folders.act({ op: o.op as ActOp, path: o.path as string, ...(o.to !== undefined ? { to: o.to as string } : {}), written: o.written === true });
+      return {};
+    },
     'engine.status': async () => engine.current,
     'engine.restart': async (p: unknown) => {
       await engine.restart(timeoutFrom(p, 'timeoutMs', 30_000));
@@ -90,6 +109,16 @@ function main(): void {
 
   engine.adopt();
   log.info('agent started', { device, startupMs: Date.now() - startedAt });
+}
+
+function isAbsPath(v: unknown): v is string {
+  return typeof v === 'string' && v.startsWith('/') && v.length < 4096 && !v.includes('\0');
+}
+
+function pathsFrom(p: unknown): string[] {
+  const paths = p && typeof p === 'object' ? (p as { paths?: unknown }).paths : undefined;
+  if (!Array.isArray(paths) || !paths.every(isAbsPath) || paths.length > 256) throw Object.assign(new Error('expected {paths: [absolute paths]}'), { code: 'USAGE' });
+  return paths as string[];
 }
 
 function timeoutFrom(p: unknown, key: string, dflt: number): number {

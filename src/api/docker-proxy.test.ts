@@ -22,7 +22,7 @@ interface Engine {
   sockets: net.Socket[];
 }
 
-async function setup(t: TestContext, reply: Engine['reply']): Promise<{ engine: Engine; connect: () => Promise<net.Socket> }> {
+async function setup(t: TestContext, reply: Engine['reply'], beforeStart?: (id: string) => Promise<void>): Promise<{ engine: Engine; connect: () => Promise<net.Socket> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-proxy-'));
   const enginePath = path.join(dir, 'engine.sock');
   const proxyPath = path.join(dir, 'docker.sock');
@@ -36,7 +36,7 @@ async function setup(t: TestContext, reply: Engine['reply']): Promise<{ engine: 
     });
   });
   await new Promise<void>((r) => srv.listen(enginePath, () => r()));
-  const proxy = new DockerProxy(proxyPath, async () => net.connect(enginePath), silentLogger, () => ({ shares: [{ path: '/home/me', readOnly: false }], vmPaths: DEFAULT_VM_PATHS }));
+  const proxy = new DockerProxy(proxyPath, async () => net.connect(enginePath), silentLogger, () => ({ shares: [{ path: '/home/me', readOnly: false }], vmPaths: DEFAULT_VM_PATHS }), beforeStart);
   await proxy.listen();
   t.after(async () => {
     await proxy.close();
@@ -192,4 +192,42 @@ test('malformed requests are refused: repeated Content-Length, both framings, ba
     assert.match(await readUntil(c, /\}$/), /^HTTP\/1\.1 400/, JSON.stringify(raw));
   }
   assert.equal(engine.received().length, 0);
+});
+
+test('a container start is held until the before-start hook is done, then sent on unchanged with what followed it', async (t) => {
+  let release!: () => void;
+  const hooked: string[] = [];
+  const { engine, connect } = await setup(
+    t,
+    (s, soFar) => {
+      const requests = soFar.toString().split('\r\n\r\n').length - 1;
+      for (let i = (s as net.Socket & { answered?: number }).answered ?? 0; i < requests; i++) s.write(OK);
+      (s as net.Socket & { answered?: number }).answered = requests;
+    },
+    (id) => {
+      hooked.push(id);
+      return new Promise<void>((r) => (release = r));
+    },
+  );
+  const c = await connect();
+  const start = request('POST', '/v1.43/containers/abc%2Fdef/start', '');
+  const next = request('GET', '/v1.43/containers/abc/json');
+  c.write(start + next);
+  await sleep(200);
+  assert.deepEqual(hooked, ['abc/def']);
+  assert.equal(engine.received().length, 0, 'the start waits for the hook');
+  release();
+  await readUntil(c, /\{\}HTTP[^]*\{\}$/);
+  assert.equal(engine.received().toString(), start + next);
+  c.destroy();
+});
+
+test('a failing before-start hook does not block the start', async (t) => {
+  const { engine, connect } = await setup(t, (s) => s.write(OK), () => Promise.reject(new Error('agent gone')));
+  const c = await connect();
+  const start = request('POST', '/containers/x/start', '');
+  c.write(start);
+  await readUntil(c, /\{\}$/);
+  assert.equal(engine.received().toString(), start);
+  c.destroy();
 });

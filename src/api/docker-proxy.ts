@@ -21,6 +21,12 @@ import { checkContainerCreate, checkServiceSpec, checkVolumeCreate, refusalMessa
  */
 export type StreamOpener = () => Promise<Duplex>;
 
+/** Called before a container starts (POST /containers/{id}/start is held until it resolves). */
+export type BeforeStart = (containerId: string) => Promise<void>;
+
+/** How long a start waits for BeforeStart (pinning shared folders for change events). */
+const BEFORE_START_TIMEOUT_MS = 20_000;
+
 /** Bodies of checked requests are held in memory up to this size (container specs are small). */
 const MAX_CHECKED_BODY = 16 * 1024 * 1024;
 /** Client bytes held while waiting to learn whether a hijack succeeded. */
@@ -36,6 +42,13 @@ function checkFor(h: MessageHead): Check | undefined {
   if (p === '/volumes/create') return checkVolumeCreate;
   if (p === '/services/create' || /^\/services\/[^/]+\/update$/.test(p)) return checkServiceSpec;
   return undefined;
+}
+
+/** The container id of a POST /containers/{id}/start, else undefined. */
+function startOf(h: MessageHead): string | undefined {
+  if (h.method !== 'POST') return undefined;
+  const m = /^\/containers\/([^/?]+)\/start$/.exec(h.target.replace(/^\/v\d+(?:\.\d+)?/, '').split('?')[0]!);
+  return m ? decodeURIComponent(m[1]!) : undefined;
 }
 
 /** Requests after which the connection may become a raw stream (attach, exec start, Upgrade). */
@@ -54,6 +67,7 @@ export class DockerProxy {
     private readonly open: StreamOpener,
     private readonly log: Logger,
     private readonly policy: () => MountPolicy,
+    private readonly beforeStart?: BeforeStart,
   ) {
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (c) => this.onConnection(c));
   }
@@ -82,7 +96,7 @@ export class DockerProxy {
           engine.destroy();
           return;
         }
-        new ProxiedConnection(client, engine, this.policy(), this.log);
+        new ProxiedConnection(client, engine, this.policy(), this.log, this.beforeStart);
       },
       (err) => {
         const e = toBerthError(err);
@@ -97,11 +111,11 @@ export class DockerProxy {
 class ProxiedConnection {
   /** Client bytes not processed yet. */
   private pending: Buffer = Buffer.alloc(0);
-  private up: 'head' | 'body' | 'check' | 'await-hijack' | 'raw' | 'closed' = 'head';
+  private up: 'head' | 'body' | 'check' | 'await-hook' | 'await-hijack' | 'raw' | 'closed' = 'head';
   private down: 'pass' | 'hijack-head' | 'raw' = 'pass';
   private reader: BodyReader | undefined;
   private hijackAfterBody = false;
-  private checked: { head: Buffer; raw: Buffer[]; decoded: Buffer[]; size: number; check: Check } | undefined;
+  private checked: { head: Buffer; raw: Buffer[]; decoded: Buffer[]; size: number; check?: Check; before?: () => Promise<void> } | undefined;
   private downHead: Buffer = Buffer.alloc(0);
   private clientEnded = false;
   private waitingEngineDrain = false;
@@ -112,6 +126,7 @@ class ProxiedConnection {
     private readonly engine: Duplex,
     private readonly policy: MountPolicy,
     private readonly log: Logger,
+    private readonly beforeStart?: BeforeStart,
   ) {
     engine.on('error', (err) => {
       log.debug('docker stream error', { err: err.message });
@@ -178,7 +193,7 @@ class ProxiedConnection {
         this.toEngine(b);
         break;
       }
-      if (this.up === 'await-hijack') {
+      if (this.up === 'await-hijack' || this.up === 'await-hook') {
         if (this.pending.length > MAX_HELD) this.client.pause();
         break;
       }
@@ -203,8 +218,10 @@ class ProxiedConnection {
     }
     this.pending = this.pending.subarray(r.used);
     const check = checkFor(r.head);
+    const started = this.beforeStart ? startOf(r.head) : undefined;
+    const before = started !== undefined ? () => this.beforeStart!(started) : undefined;
     this.hijackAfterBody = mayHijack(r.head);
-    if (check) {
+    if (check || before) {
       const decoded: Buffer[] = [];
       this.reader = new BodyReader(framing, decoded);
       let head = r.head.raw;
@@ -214,7 +231,7 @@ class ProxiedConnection {
         this.client.write('HTTP/1.1 100 Continue\r\n\r\n');
         head = Buffer.from(head.toString('latin1').replace(/\r\nexpect:[^\r]*/i, ''), 'latin1');
       }
-      this.checked = { head, raw: [], decoded, size: 0, check };
+      this.checked = { head, raw: [], decoded, size: 0, ...(check ? { check } : {}), ...(before ? { before } : {}) };
       this.up = 'check';
     } else {
       this.toEngine(r.head.raw);
@@ -240,15 +257,33 @@ class ProxiedConnection {
     if (this.up === 'check') {
       const c = this.checked!;
       this.checked = undefined;
-      const decision = this.decide(c.check, Buffer.concat(c.decoded));
+      const decision = c.check ? this.decide(c.check, Buffer.concat(c.decoded)) : ({ ok: true } as const);
       if (!decision.ok) {
         const message = refusalMessage(decision, this.policy);
         this.log.warn('docker request refused: mount outside the shares', { path: decision.path, where: decision.where });
         return this.refuse(400, message);
       }
+      if (c.before) {
+        // Hold the request (and whatever follows) until the hook is done, then send it on.
+        this.up = 'await-hook';
+        const timeout = new Promise<void>((r) => setTimeout(r, BEFORE_START_TIMEOUT_MS));
+        void Promise.race([c.before().catch(() => {}), timeout]).then(() => {
+          if (this.up !== 'await-hook') return;
+          this.toEngine(c.head);
+          for (const p of c.raw) this.toEngine(p);
+          this.afterRequest();
+          this.process();
+        });
+        return;
+      }
       this.toEngine(c.head);
       for (const p of c.raw) this.toEngine(p);
     }
+    this.afterRequest();
+  }
+
+  /** The request went out: next comes a head, or (after a possible hijack) the engine's answer. */
+  private afterRequest(): void {
     this.reader = undefined;
     if (this.hijackAfterBody) {
       // Hold what the client sends next until the response says whether this is still HTTP.

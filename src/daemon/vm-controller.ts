@@ -26,6 +26,8 @@ import { extraForwards } from '../ports/forwards.js';
 import { NetService } from '../net/net-service.js';
 import { FileService, guestShareConfig, planShares } from '../fs/file-service.js';
 import type { ShareSpec } from '../fs/share.js';
+import { MountTracker } from '../fs/mount-tracker.js';
+import { dockerJson } from '../ports/docker-api.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 
@@ -52,6 +54,8 @@ interface Running {
   publisher: PortPublisher | undefined;
   /** The 9P file server (absent when no folder is shared). */
   files: FileService | undefined;
+  /** Which shared folders containers mount (their host changes are replayed in the guest). */
+  mounts: MountTracker | undefined;
   proxy: DockerProxy | undefined;
   accelerator: Accelerator;
   image: ResolvedImage;
@@ -106,11 +110,12 @@ export class VmController extends EventEmitter {
       await files?.start();
       const net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
       net?.start();
-      const running: Running = { qemu, session, net, network, publisher: undefined, files, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
+      const running: Running = { qemu, session, net, network, publisher: undefined, files, mounts: undefined, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
       this.running = running;
       this.watch(running);
       await session.waitEngineReady(60_000);
-      running.proxy = await this.startProxy(session);
+      this.startChangeEvents(running);
+      running.proxy = await this.startProxy(session, running.files?.shares ?? []);
       running.publisher = this.startPublisher(running);
       this.state = 'running';
       this.failure = null;
@@ -343,9 +348,10 @@ export class VmController extends EventEmitter {
         booted = await boot(accel);
       }
       const { started, s, info } = booted;
-      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, mounts: undefined, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      this.startChangeEvents(running);
       await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
-        running.proxy = await this.startProxy(s);
+        running.proxy = await this.startProxy(s, running.files?.shares ?? []);
         const ms = await pingDockerThroughProxy(dockerSocket);
         d(`unix://${dockerSocket} (ping ${ms} ms)`);
       });
@@ -455,6 +461,33 @@ export class VmController extends EventEmitter {
     });
   }
 
+  /**
+   * Change events of shared folders: the file server asks the agent to replay host changes, and
+   * the mount tracker pins and watches the folders containers mount.
+   */
+  private startChangeEvents(r: Running): void {
+    const files = r.files;
+    if (!files) return;
+    const session = r.session;
+    files.actuate = async (req) => {
+      await session.rpc('fs.act', req, 15_000);
+    };
+    r.mounts = new MountTracker(
+      {
+        shares: () => files.shares.map((s) => s.path),
+        inspect: (id) => dockerJson(() => session.openDocker(), 'GET', `/containers/${encodeURIComponent(id)}/json`),
+        pin: async (paths) => {
+          await session.rpc('fs.pin', { paths }, 60_000);
+        },
+        unpin: async (paths) => {
+          await session.rpc('fs.unpin', { paths }, 15_000);
+        },
+        watch: (paths) => files.watch(paths),
+      },
+      this.log.child('mounts'),
+    );
+  }
+
   /** Published ports: follows the engine and keeps the translator's host listeners in step. */
   private startPublisher(r: Running): PortPublisher | undefined {
     if (!r.net || !r.network.translator) return undefined;
@@ -462,6 +495,8 @@ export class VmController extends EventEmitter {
     const opts = { defaultAddress: s['ports.defaultAddress'], ipv6Loopback: hostHasIpv6Loopback() };
     const extra = extraForwards(s['ports.extra'], r.network.guestIp);
     const p = new PortPublisher(() => r.session.openDocker(), r.net, opts, extra, this.log.child('ports'));
+    const mounts = r.mounts;
+    if (mounts) p.onInspect = (id, inspect) => void mounts.update(id, inspect);
     p.start();
     return p;
   }
@@ -492,10 +527,13 @@ export class VmController extends EventEmitter {
     return { backend, forwards };
   }
 
-  private async startProxy(session: GuestSession): Promise<DockerProxy> {
+  /** The Docker socket; bind mounts must lie inside `shares`, the folders shared this boot. */
+  private async startProxy(session: GuestSession, shares: readonly ShareSpec[]): Promise<DockerProxy> {
     const settings = this.settings ?? (await readSettings(this.paths.settings));
-    const policy: MountPolicy = { shares: settings.shares.map((s) => ({ path: s.path, readOnly: s.readOnly ?? false })), vmPaths: DEFAULT_VM_PATHS };
-    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy);
+    const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly })), vmPaths: DEFAULT_VM_PATHS };
+    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy, async (id) => {
+      await this.running?.mounts?.prepare(id);
+    });
     await proxy.listen();
     return proxy;
   }
@@ -506,6 +544,7 @@ export class VmController extends EventEmitter {
     this.running = undefined;
     if (r) {
       r.publisher?.stop();
+      r.mounts?.close();
       await r.proxy?.close().catch(() => {});
       r.session.close();
       await r.net?.stop();

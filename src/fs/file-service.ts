@@ -4,7 +4,8 @@ import type { Logger } from '../util/log.js';
 import { SupervisedWorker } from '../util/supervised-worker.js';
 import { workerLog } from '../net/net-service.js';
 import type { ShareSetting } from '../settings/settings.js';
-import type { FsWorkerConfig, FsWorkerMessage } from './fs-worker.js';
+import type { FsWorkerConfig, FsWorkerMessage, ToFsWorker } from './fs-worker.js';
+import type { ActRequest } from '../control/actuator.js';
 import type { ShareSpec } from './share.js';
 
 /**
@@ -52,9 +53,12 @@ export function guestShareConfig(token: string, shares: readonly ShareSpec[]): s
 }
 
 export class FileService {
-  private readonly worker: SupervisedWorker<{ type: 'stop' }, FsWorkerMessage>;
+  private readonly worker: SupervisedWorker<ToFsWorker, FsWorkerMessage>;
   private ready: (() => void) | undefined;
+  private roots: string[] = [];
   readonly token: string;
+  /** Replays a host change in the guest (the agent's fs.act); set once the guest session is up. */
+  actuate: ((req: ActRequest) => Promise<void>) | undefined;
 
   constructor(
     readonly socketPath: string,
@@ -72,7 +76,11 @@ export class FileService {
         heapMb: HEAP_LIMIT_MB,
         onMessage: (m) => {
           if (m.type === 'ready') this.ready?.();
+          else if (m.type === 'act') this.onAct(m.id, m.req);
           else workerLog(log, m.level, m.msg, m.fields);
+        },
+        onStart: () => {
+          if (this.roots.length) this.worker.send({ type: 'roots', paths: this.roots });
         },
       },
       log,
@@ -103,5 +111,23 @@ export class FileService {
   async stop(): Promise<void> {
     await this.worker.stop();
     fs.rmSync(this.socketPath, { force: true });
+  }
+
+  /** The folders whose host changes are replayed in the guest (bind-mount sources in shares). */
+  watch(guestPaths: string[]): void {
+    this.roots = guestPaths;
+    this.worker.send({ type: 'roots', paths: guestPaths });
+  }
+
+  private onAct(id: number, req: ActRequest): void {
+    const act = this.actuate;
+    if (!act) {
+      this.worker.send({ type: 'acted', id, error: 'the guest is not connected' });
+      return;
+    }
+    act(req).then(
+      () => this.worker.send({ type: 'acted', id }),
+      (err: Error) => this.worker.send({ type: 'acted', id, error: err.message }),
+    );
   }
 }

@@ -3,11 +3,14 @@ import fs from 'node:fs';
 import { P9Server } from './p9-server.js';
 import { QidMap } from './qids.js';
 import { Share, type ShareSpec } from './share.js';
+import { ChangeEvents } from './change-events.js';
+import type { ActRequest } from '../control/actuator.js';
 
 /**
  * The file server's worker thread (docs/files.md): its own event loop and heap, so slow host
  * disks never delay the translator or the daemon's API, and a crash here ends only file sharing.
- * Synchronous fs calls are fine here: this thread does nothing else.
+ * Synchronous fs calls are fine here: this thread does nothing else. It also follows host changes
+ * in bind-mounted folders (change-events.ts) and asks the daemon to replay them in the guest.
  */
 export interface FsWorkerConfig {
   socketPath: string;
@@ -16,7 +19,14 @@ export interface FsWorkerConfig {
   maxMsize: number;
 }
 
-export type FsWorkerMessage = { type: 'ready' } | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> };
+/** Daemon → worker. */
+export type ToFsWorker = { type: 'roots'; paths: string[] } | { type: 'acted'; id: number; error?: string } | { type: 'stop' };
+
+/** Worker → daemon. */
+export type FsWorkerMessage =
+  | { type: 'ready' }
+  | { type: 'act'; id: number; req: ActRequest }
+  | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> };
 
 const cfg = workerData as FsWorkerConfig;
 const port = parentPort!;
@@ -25,11 +35,38 @@ const log = (level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<stri
 
 const shares = new Map<string, Share>();
 for (const spec of cfg.shares) shares.set(spec.id, new Share(spec));
-const server = new P9Server({ shares, token: cfg.token, maxMsize: cfg.maxMsize, qids: new QidMap(), log });
+const qids = new QidMap();
+
+let nextAct = 1;
+const acting = new Map<number, (error?: string) => void>();
+const events = new ChangeEvents(
+  [...shares.values()],
+  (req) =>
+    new Promise<void>((resolve, reject) => {
+      const id = nextAct++;
+      acting.set(id, (error) => (error ? reject(new Error(error)) : resolve()));
+      post({ type: 'act', id, req });
+    }),
+  log,
+);
+
+const server = new P9Server({ shares, token: cfg.token, maxMsize: cfg.maxMsize, qids, log, actuator: events.hooks, guestChanged: (s, c) => events.guestChanged(s, c) });
 fs.rmSync(cfg.socketPath, { force: true });
 await server.listen(cfg.socketPath);
 fs.chmodSync(cfg.socketPath, 0o600);
 post({ type: 'ready' });
-port.on('message', (m: { type: string }) => {
-  if (m.type === 'stop') void server.close().then(() => port.close());
+port.on('message', (m: ToFsWorker) => {
+  switch (m.type) {
+    case 'roots':
+      events.setRoots(m.paths);
+      break;
+    case 'acted':
+      acting.get(m.id)?.(m.error);
+      acting.delete(m.id);
+      break;
+    case 'stop':
+      events.close();
+      void server.close().then(() => port.close());
+      break;
+  }
 });

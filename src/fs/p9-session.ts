@@ -30,16 +30,63 @@ export interface SessionOptions {
   maxMsize: number;
   qids: QidMap;
   log: (level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
-  /** Hooks for the change-event actuator (events.ts); absent = every fid is ordinary. */
+  /** Hooks for the change-event actuator (change-events.ts); absent = every fid is ordinary. */
   actuator?: ActuatorHooks;
+  /** Called after the guest (not the actuator) changed a path: its host events are echoes. */
+  guestChanged?: (share: Share, comps: readonly string[]) => void;
 }
 
-/** Lets the change-event actuator's requests see the guest-side view of a host change. */
+/**
+ * The change-event actuator (docs/files.md "Change events"): a guest process whose uid marks its
+ * requests. Its changes are never applied (the host already made them); they only make the guest
+ * kernel emit inotify events. For its walks, `view` can pretend a name is absent (a file the host
+ * created, so the actuator can create it again) or present (one the host deleted or renamed away).
+ */
 export interface ActuatorHooks {
-  /** The uid the actuator runs as in the guest. */
   uid: number;
-  /** For an actuator walk of `comps`: pretend it is absent ('absent'), exists as `qid`, or ask the host (undefined). */
-  lookup(share: Share, comps: readonly string[]): { absent: true } | { qid: Qid } | undefined;
+  view(share: Share, comps: readonly string[]): { absent: true } | { gone: GoneEntry } | undefined;
+  /** The actuator's change at `comps` went through: from now on the guest sees what the host has. */
+  done(share: Share, comps: readonly string[]): void;
+}
+
+/** What the actuator's walks and getattrs see at a name the host already removed or renamed. */
+export interface GoneEntry {
+  dev: bigint;
+  ino: bigint;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: bigint;
+  mtimeNs: bigint;
+}
+
+/** The fields of a host stat that getattr reports. */
+type StatLike = Pick<BigIntStats, 'dev' | 'ino' | 'uid' | 'gid' | 'nlink' | 'rdev' | 'size' | 'blksize' | 'blocks' | 'atimeNs' | 'mtimeNs' | 'ctimeNs' | 'birthtimeNs'> & {
+  mode: bigint;
+  isDirectory(): boolean;
+  isSymbolicLink(): boolean;
+};
+
+function goneStat(g: GoneEntry): StatLike {
+  const type = g.mode & S_IFMT;
+  return {
+    dev: g.dev,
+    ino: g.ino,
+    mode: BigInt(g.mode),
+    uid: BigInt(g.uid),
+    gid: BigInt(g.gid),
+    nlink: 1n,
+    rdev: 0n,
+    size: g.size,
+    blksize: 4096n,
+    blocks: (g.size + 511n) / 512n,
+    atimeNs: g.mtimeNs,
+    mtimeNs: g.mtimeNs,
+    ctimeNs: g.mtimeNs,
+    birthtimeNs: g.mtimeNs,
+    isDirectory: () => type === S_IFDIR,
+    isSymbolicLink: () => type === S_IFLNK,
+  };
 }
 
 interface DirSnapshot {
@@ -65,6 +112,8 @@ const AT_REMOVEDIR = 0x200;
 const V9FS_MAGIC = 0x01021997;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+const S_IFLNK = 0o120000;
 const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 
@@ -254,7 +303,10 @@ export class P9Session {
     if (r.names.length > MAXWELEM) throw new P9Error(E.EINVAL, 'too many names');
     const qids: Qid[] = [];
     let comps = [...from.comps];
-    if (r.names.length > 0) from.share.dir(comps); // where the walk starts must still be a real directory
+    // Where the walk starts must still be a real directory (for the actuator: or one the host
+    // removed that the guest still has, see ActuatorHooks).
+    const startGone = from.actuator && comps.length > 0 && this.o.actuator!.view(from.share, comps);
+    if (r.names.length > 0 && !(startGone && 'gone' in startGone)) from.share.dir(comps);
     for (const [i, name] of r.names.entries()) {
       let next: string[];
       if (name === '..') next = comps.slice(0, -1); // at the root, ".." stays at the root
@@ -263,9 +315,9 @@ export class P9Session {
         next = [...comps, name];
       }
       let qid: Qid | undefined;
-      const fake = from.actuator && name !== '..' ? this.o.actuator!.lookup(from.share, next) : undefined;
+      const fake = from.actuator && name !== '..' ? this.o.actuator!.view(from.share, next) : undefined;
       if (fake && 'absent' in fake) qid = undefined;
-      else if (fake) qid = fake.qid;
+      else if (fake) qid = this.o.qids.qid(goneStat(fake.gone));
       else {
         try {
           const st = fs.lstatSync(next.length ? path.join(from.share.root, ...next) : from.share.root, { bigint: true });
@@ -300,7 +352,8 @@ export class P9Session {
   }
 
   private getattr(tag: number, f: Fid): Buffer {
-    const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : this.stat(f);
+    const gone = f.actuator && f.fd === undefined ? this.o.actuator!.view(f.share, f.comps) : undefined;
+    const st: StatLike = gone && 'gone' in gone ? goneStat(gone.gone) : f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : this.stat(f);
     const w = new ReplyWriter(160);
     w.u64(P9_GETATTR_BASIC).qid(this.o.qids.qid(st));
     w.u32(this.shownMode(st)).u32(Number(st.uid)).u32(Number(st.gid));
@@ -311,7 +364,7 @@ export class P9Session {
   }
 
   /** The mode the guest sees (see the class comment). */
-  private shownMode(st: BigIntStats): number {
+  private shownMode(st: StatLike): number {
     const mode = Number(st.mode);
     if (Number(st.uid) !== this.serverUid || (mode & 0o077) === 0 || st.isSymbolicLink()) return mode;
     return mode & 0o200 ? mode | 0o022 : mode;
@@ -319,7 +372,7 @@ export class P9Session {
 
   private setattr(r: Extract<Request, { type: T.setattr }>): Buffer {
     const f = this.fid(r.fid);
-    f.share.assertWritable();
+    this.mayChange(f);
     if (f.actuator) return rempty(T.setattr, r.tag); // events.ts: the change happened on the host
     const p = f.share.path(f.comps);
     const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : fs.lstatSync(p, { bigint: true });
@@ -342,6 +395,7 @@ export class P9Session {
       if (f.fd !== undefined) fs.futimesSync(f.fd, atime, mtime);
       else fs.lutimesSync(p, atime, mtime);
     }
+    this.changed(f.share, f.comps);
     return rempty(T.setattr, r.tag);
   }
 
@@ -367,7 +421,7 @@ export class P9Session {
       if (wantsWrite) throw new P9Error(E.EISDIR);
       f.dir = { entries: [] };
     } else {
-      if (wantsWrite) f.share.assertWritable();
+      if (wantsWrite) this.mayChange(f);
       if (f.actuator) {
         // events.ts: the actuator opens to make the guest emit IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE;
         // its writes are not applied, so it needs no real file.
@@ -385,22 +439,41 @@ export class P9Session {
     const f = this.fid(r.fid);
     if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
     checkName(r.name);
-    f.share.assertWritable();
+    this.mayChange(f);
     const comps = [...f.comps, r.name];
     if (f.actuator) {
-      const fake = this.o.actuator!.lookup(f.share, comps);
-      if (fake && 'qid' in fake) {
-        f.comps = comps;
-        f.writable = true;
-        return new ReplyWriter(24).qid(fake.qid).u32(0).finish(T.lcreate + 1, r.tag);
-      }
+      // The host created it already: answer with what exists, create nothing.
+      const qid = this.actuatorQid(f, comps);
+      this.o.actuator!.done(f.share, comps);
+      f.comps = comps;
+      f.writable = true;
+      return new ReplyWriter(24).qid(qid).u32(0).finish(T.lcreate + 1, r.tag);
     }
     const p = path.join(f.share.dir(f.comps), r.name);
     const fd = fs.openSync(p, hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false));
     f.comps = comps;
     f.fd = fd;
     f.writable = true;
+    this.changed(f.share, comps);
     return new ReplyWriter(24).qid(this.o.qids.qid(fs.fstatSync(fd, { bigint: true }))).u32(0).finish(T.lcreate + 1, r.tag);
+  }
+
+  /** The qid of what the host has at `comps` (the actuator's creates answer with it). */
+  private actuatorQid(f: Fid, comps: string[]): Qid {
+    return this.o.qids.qid(fs.lstatSync(f.share.path(comps), { bigint: true }));
+  }
+
+  /**
+   * Refuses changes to read-only shares. The actuator's requests change nothing on the host, so
+   * they pass: that is how read-only shares get change events too (they are mounted read-write in
+   * the guest, and this is where read-only is enforced).
+   */
+  private mayChange(f: Fid): void {
+    if (!f.actuator) f.share.assertWritable();
+  }
+
+  private changed(share: Share, comps: readonly string[]): void {
+    this.o.guestChanged?.(share, comps);
   }
 
   private read(tag: number, f: Fid, offset: bigint, count: number): Buffer {
@@ -423,9 +496,10 @@ export class P9Session {
   private write(tag: number, f: Fid, offset: bigint, data: Buffer): Buffer {
     if (f.dir) throw new P9Error(E.EISDIR);
     if (!f.writable) throw new P9Error(E.EBADF, 'fid not open for writing');
-    f.share.assertWritable();
+    this.mayChange(f);
     // The actuator's writes only make the guest emit IN_MODIFY; the host file already changed.
     const n = f.actuator ? data.length : fs.writeSync(f.fd!, data, 0, data.length, Number(offset));
+    if (!f.actuator) this.changed(f.share, f.comps);
     return new ReplyWriter(11).u32(n).finish(T.write + 1, tag);
   }
 
@@ -492,38 +566,44 @@ export class P9Session {
   private mkdir(r: Extract<Request, { type: T.mkdir }>): Buffer {
     const d = this.fid(r.dfid);
     checkName(r.name);
-    d.share.assertWritable();
+    this.mayChange(d);
     const comps = [...d.comps, r.name];
-    const fake = d.actuator ? this.o.actuator!.lookup(d.share, comps) : undefined;
-    if (fake && 'qid' in fake) return new ReplyWriter(20).qid(fake.qid).finish(T.mkdir + 1, r.tag);
+    if (d.actuator) {
+      const qid = this.actuatorQid(d, comps);
+      this.o.actuator!.done(d.share, comps);
+      return new ReplyWriter(20).qid(qid).finish(T.mkdir + 1, r.tag);
+    }
     const p = path.join(d.share.dir(d.comps), r.name);
     fs.mkdirSync(p, safeMode(r.mode, true));
+    this.changed(d.share, comps);
     return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mkdir + 1, r.tag);
   }
 
   private symlink(r: Extract<Request, { type: T.symlink }>): Buffer {
     const d = this.fid(r.fid);
     checkName(r.name);
-    d.share.assertWritable();
+    this.mayChange(d);
     if (r.target.includes('\0') || r.target === '') throw new P9Error(E.EINVAL, 'bad symlink target');
     const comps = [...d.comps, r.name];
-    const fake = d.actuator ? this.o.actuator!.lookup(d.share, comps) : undefined;
-    if (fake && 'qid' in fake) return new ReplyWriter(20).qid(fake.qid).finish(T.symlink + 1, r.tag);
+    if (d.actuator) return new ReplyWriter(20).qid(this.actuatorQid(d, comps)).finish(T.symlink + 1, r.tag);
     const p = path.join(d.share.dir(d.comps), r.name);
     // The target is stored as text and never followed by the server; the guest resolves it.
     fs.symlinkSync(r.target, p);
+    this.changed(d.share, comps);
     return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.symlink + 1, r.tag);
   }
 
   private mknod(r: Extract<Request, { type: T.mknod }>): Buffer {
     const d = this.fid(r.dfid);
     checkName(r.name);
-    d.share.assertWritable();
+    this.mayChange(d);
+    if (d.actuator) throw new P9Error(E.EPERM);
     // Device nodes, FIFOs and sockets are never made on the host (CVE-2023-2861 class); a regular
     // file (mknod S_IFREG) is an ordinary create.
     if ((r.mode & S_IFMT) !== S_IFREG && (r.mode & S_IFMT) !== 0) throw new P9Error(E.EPERM, 'special files cannot be created in a share');
     const p = path.join(d.share.dir(d.comps), r.name);
     fs.closeSync(fs.openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, safeMode(r.mode, false)));
+    this.changed(d.share, [...d.comps, r.name]);
     return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mknod + 1, r.tag);
   }
 
@@ -531,11 +611,12 @@ export class P9Session {
     const d = this.fid(r.dfid);
     const target = this.fid(r.fid);
     checkName(r.name);
-    d.share.assertWritable();
+    this.mayChange(d);
     if (target.share !== d.share) throw new P9Error(E.EXDEV);
     if (d.actuator) return rempty(T.link, r.tag);
     // link(2) does not follow a symlink target on Linux.
     fs.linkSync(target.share.path(target.comps), path.join(d.share.dir(d.comps), r.name));
+    this.changed(d.share, [...d.comps, r.name]);
     return rempty(T.link, r.tag);
   }
 
@@ -556,10 +637,17 @@ export class P9Session {
 
   private moveEntry(by: Fid, fromDir: string[], fromName: string, toDir: string[], toName: string, share: Share): void {
     checkName(toName);
-    share.assertWritable();
+    this.mayChange(by);
     const from = [...fromDir, fromName];
     const to = [...toDir, toName];
-    if (!by.actuator) fs.renameSync(path.join(share.dir(fromDir), fromName), path.join(share.dir(toDir), toName));
+    if (!by.actuator) {
+      fs.renameSync(path.join(share.dir(fromDir), fromName), path.join(share.dir(toDir), toName));
+      this.changed(share, from);
+      this.changed(share, to);
+    } else {
+      this.o.actuator!.done(share, from);
+      this.o.actuator!.done(share, to);
+    }
     // Fids under the old name follow it (QEMU v9fs_fix_fid_paths).
     for (const f of this.fids.values()) {
       if (f.share === share && startsWith(f.comps, from)) f.comps = [...to, ...f.comps.slice(from.length)];
@@ -569,7 +657,7 @@ export class P9Session {
   private unlinkat(r: Extract<Request, { type: T.unlinkat }>): Buffer {
     const d = this.fid(r.dirfid);
     checkName(r.name);
-    d.share.assertWritable();
+    this.mayChange(d);
     if (!d.actuator) {
       const p = path.join(d.share.dir(d.comps), r.name);
       if (r.flags & AT_REMOVEDIR) fs.rmdirSync(p);
@@ -577,17 +665,22 @@ export class P9Session {
         if (fs.lstatSync(p).isDirectory()) throw new P9Error(E.EISDIR);
         fs.unlinkSync(p);
       }
-    }
+      this.changed(d.share, [...d.comps, r.name]);
+    } else this.o.actuator!.done(d.share, [...d.comps, r.name]);
     return rempty(T.unlinkat, r.tag);
   }
 
   private removePath(f: Fid): void {
     if (f.comps.length === 0) throw new P9Error(E.EBUSY, 'remove of the share root');
-    f.share.assertWritable();
-    if (f.actuator) return;
+    this.mayChange(f);
+    if (f.actuator) {
+      this.o.actuator!.done(f.share, f.comps);
+      return;
+    }
     const p = f.share.path(f.comps);
     if (fs.lstatSync(p).isDirectory()) fs.rmdirSync(p);
     else fs.unlinkSync(p);
+    this.changed(f.share, f.comps);
   }
 }
 

@@ -36,7 +36,7 @@ export class QidMap {
     return p;
   }
 
-  qid(st: BigIntStats): Qid {
+  qid(st: Pick<BigIntStats, 'dev' | 'ino' | 'isDirectory' | 'isSymbolicLink'>): Qid {
     return { type: qidType(st), version: 0, path: this.path(st.dev, st.ino) };
   }
 }

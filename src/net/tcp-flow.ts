@@ -648,6 +648,15 @@ function resetHost(sock: Duplex | undefined): void {
   // While our end() is still shutting the socket down, libuv refuses the reset (EINVAL) and Node
   // then forgets the handle without closing it (a leaked fd): plain destroy in that window.
   const shuttingDown = sock.writableEnded && !sock.writableFinished;
-  if (typeof s.resetAndDestroy === 'function' && !shuttingDown) s.resetAndDestroy();
-  else sock.destroy();
+  if (typeof s.resetAndDestroy !== 'function' || shuttingDown) {
+    sock.destroy();
+    return;
+  }
+  try {
+    s.resetAndDestroy();
+  } catch {
+    // Not a TCP handle (a flow served by a pipe or in-process stream): Node refuses the reset
+    // with ERR_INVALID_HANDLE_TYPE; closing is the closest thing.
+    sock.destroy();
+  }
 }

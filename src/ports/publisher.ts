@@ -23,6 +23,10 @@ export class PortPublisher {
   private stopped = false;
   private abortEvents: (() => void) | undefined;
   private pushed = '';
+  /** Containers reported to `onInspect` as running. */
+  private readonly reported = new Set<string>();
+  /** Every inspect of a running container, and undefined once it stopped (the mount tracker). */
+  onInspect: ((id: string, inspect: unknown) => void) | undefined;
   private readonly logged = new Map<string, string>();
 
   constructor(
@@ -85,6 +89,7 @@ export class PortPublisher {
       await this.refresh(id);
     }
     for (const id of [...this.byContainer.keys()]) if (!seen.has(id)) this.byContainer.delete(id);
+    for (const id of [...this.reported]) if (!seen.has(id)) this.gone(id);
     this.push();
   }
 
@@ -99,6 +104,7 @@ export class PortPublisher {
     // (not 'kill': a signal that does not end the container must not unpublish it; 'die' follows)
     if (action === 'die' || action === 'destroy' || action === 'stop') {
       if (this.byContainer.delete(id)) this.push();
+      this.gone(id);
       return;
     }
     if (['start', 'unpause', 'restart', 'connect', 'disconnect', 'rename', 'update'].includes(action)) {
@@ -112,11 +118,21 @@ export class PortPublisher {
       const fwd = forwardsOfContainer(inspect, this.opts);
       if (fwd.length > 0) this.byContainer.set(id, fwd);
       else this.byContainer.delete(id);
+      const running = !!inspect && typeof inspect === 'object' && (inspect as { State?: { Running?: unknown } }).State?.Running === true;
+      if (running) {
+        this.reported.add(id);
+        this.onInspect?.(id, inspect);
+      } else this.gone(id);
     } catch (err) {
       // Gone between the event and the inspect: nothing to publish.
       this.byContainer.delete(id);
+      this.gone(id);
       this.log.debug('container inspect failed', { id: id.slice(0, 12), err: (err as Error).message });
     }
+  }
+
+  private gone(id: string): void {
+    if (this.reported.delete(id)) this.onInspect?.(id, undefined);
   }
 
   /** Sends the full set to the translator when it changed. */

@@ -1,0 +1,217 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../util/log.js';
+import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
+
+/**
+ * The guest side of change events (docs/files.md "Change events").
+ *
+ * Pins: with v9fs `cache=none` (Linux 6.1) every lookup of a directory that nobody holds makes a
+ * new inode, so a watcher in a container (which watches inodes) and a later operation on the same
+ * path meet different inodes, and the watcher hears nothing. A directory held open keeps its
+ * dentry, and every lookup then finds that dentry and its inode. So the agent holds open every
+ * directory under the folders that containers bind-mount, before the containers start.
+ *
+ * Actuator: every host change is replayed on the shared mount by a short-lived busybox process
+ * running as ACTUATOR_UID (create, write one byte, unlink, rename, ...). The file server
+ * recognises that uid's requests (v9fs access=user attaches per uid), applies none of them (the
+ * host already changed) and answers as if it had, so the guest kernel emits real inotify events
+ * to every watcher. The process reaches the directory through a descriptor the agent (root) opened
+ * and handed down (/proc/self/fd/3/NAME): it needs no permission on the folders above, only on the
+ * directory itself, which the server shows writable for non-private folders of the host user.
+ */
+/** Directories pinned under one root at most (a tree like node_modules can hold many thousands). */
+const MAX_PINS_PER_ROOT = 20_000;
+
+export class SharedFolders {
+  /** Pinned directory → its open fd. */
+  private readonly pins = new Map<string, number>();
+  /** Pinned roots → how many containers asked for them. */
+  private readonly roots = new Map<string, number>();
+  constructor(private readonly log: Logger) {}
+
+  get pinnedCount(): number {
+    return this.pins.size;
+  }
+
+  /** Holds open every directory under `root` (bounded); returns how many are pinned under it. */
+  async pin(root: string): Promise<{ pinned: number; truncated: boolean }> {
+    this.roots.set(root, (this.roots.get(root) ?? 0) + 1);
+    let pinned = 0;
+    const queue = [root];
+    while (queue.length > 0 && pinned < MAX_PINS_PER_ROOT) {
+      const dir = queue.shift()!;
+      if (!this.pins.has(dir)) {
+        try {
+          this.pins.set(dir, openDir(dir));
+        } catch {
+          continue; // gone, or not a directory any more
+        }
+      }
+      pinned++;
+      let entries: fs.Dirent[];
+      try {
+        entries = await fs.promises.readdir(dir, { withFileTypes: true });
+      } catch {
+        continue;
+      }
+      for (const e of entries) if (e.isDirectory()) queue.push(path.join(dir, e.name));
+    }
+    const truncated = queue.length > 0;
+    if (truncated) this.log.warn('too many directories to pin under a shared folder; events deeper than the first ones may be missed', { root, pinned });
+    return { pinned, truncated };
+  }
+
+  /** Drops one request for `root`; its directories are closed when no pinned root covers them. */
+  unpin(root: string): void {
+    const n = (this.roots.get(root) ?? 0) - 1;
+    if (n > 0) {
+      this.roots.set(root, n);
+      return;
+    }
+    this.roots.delete(root);
+    for (const [dir, fd] of this.pins) {
+      if (!within(dir, root)) continue;
+      if ([...this.roots.keys()].some((r) => within(dir, r))) continue;
+      fs.closeSync(fd);
+      this.pins.delete(dir);
+    }
+  }
+
+  /** Replays one host change in the guest through the actuator; a new directory is pinned too. */
+  async act(req: ActRequest): Promise<void> {
+    if (req.op === 'rename' && !req.to) throw new Error('rename without a target');
+    const op = req.op;
+    if (op === 'pin') {
+      this.follow(req);
+      return;
+    }
+    // The directories are handed to the actuator as descriptors: the pinned ones when there are
+    // (opening a directory makes watchers in containers hear IN_OPEN/IN_CLOSE_NOWRITE noise).
+    const dirs = [path.dirname(req.path), ...(req.to ? [path.dirname(req.to)] : [])];
+    const opened: number[] = [];
+    try {
+      const fds = dirs.map((d) => {
+        const pinned = this.pins.get(d);
+        if (pinned !== undefined) return pinned;
+        const fd = openDir(d);
+        opened.push(fd);
+        return fd;
+      });
+      await runActuator(SCRIPTS[op], req, fds, (pid) => {
+        // The actuator holds the new folder as its working directory: pin that very dentry (a
+        // lookup of our own could come after the guest dropped it and make another inode).
+        if (op === 'mkdir' && this.covered(req.path) && !this.pins.has(req.path)) this.pins.set(req.path, openDir(`/proc/${pid}/cwd`));
+      });
+    } finally {
+      for (const fd of opened) fs.closeSync(fd);
+      this.follow(req);
+    }
+  }
+
+  /**
+   * Keeps the pins true after a replayed change. Also when the replay failed: a folder's mkdir
+   * fails when a watcher in a container (inotifywait -r scanning a new folder) already looked it
+   * up, and the folder must be pinned all the same.
+   */
+  private follow(req: ActRequest): void {
+    const covered = (p: string) => this.covered(p);
+    if ((req.op === 'mkdir' || req.op === 'pin') && covered(req.path) && !this.pins.has(req.path)) {
+      try {
+        this.pins.set(req.path, openDir(req.path));
+      } catch {
+        // removed again meanwhile
+      }
+    }
+    if (req.op === 'rmdir') this.forget(req.path);
+    // A renamed directory keeps its pins (the descriptors follow it), under its new name.
+    if (req.op === 'rename' && req.to) this.move(req.path, req.to, covered(req.to));
+  }
+
+  private covered(p: string): boolean {
+    return [...this.roots.keys()].some((root) => within(p, root));
+  }
+
+  close(): void {
+    for (const fd of this.pins.values()) fs.closeSync(fd);
+    this.pins.clear();
+    this.roots.clear();
+  }
+
+  private move(from: string, to: string, keep: boolean): void {
+    for (const [p, fd] of [...this.pins]) {
+      if (!within(p, from)) continue;
+      this.pins.delete(p);
+      if (keep) this.pins.set(to + p.slice(from.length), fd);
+      else fs.closeSync(fd);
+    }
+  }
+
+  /** Closes pins of a directory that went away (and everything under it). */
+  private forget(dir: string): void {
+    for (const [p, fd] of this.pins) {
+      if (within(p, dir)) {
+        fs.closeSync(fd);
+        this.pins.delete(p);
+      }
+    }
+  }
+}
+
+function within(p: string, root: string): boolean {
+  return p === root || p.startsWith(root.endsWith('/') ? root : `${root}/`);
+}
+
+/** What the actuator's shell does; $1 and $2 are names in the directories on fds 3 and 4. */
+const SCRIPTS: Record<Exclude<ActOp, 'pin'>, string> = {
+  // noclobber: the create is O_CREAT|O_EXCL, so the guest emits IN_CREATE; with content ($2 set),
+  // one byte is written too (IN_MODIFY), as a host `echo hi > file` makes.
+  create: 'set -C; if [ -n "$2" ]; then printf \'\\0\' > "/proc/self/fd/3/$1"; else : > "/proc/self/fd/3/$1"; fi',
+  // The new folder is held as the working directory until the agent has pinned it (a line on
+  // stdout says it is held; the agent then closes stdin). Why: see SharedFolders.act.
+  mkdir: 'mkdir "/proc/self/fd/3/$1" && cd "/proc/self/fd/3/$1" && echo held && { read _ || :; }',
+  // One byte written without truncating: IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE.
+  modify: "printf '\\0' 1<> \"/proc/self/fd/3/$1\"",
+  delete: 'unlink "/proc/self/fd/3/$1"',
+  rmdir: 'rmdir "/proc/self/fd/3/$1"',
+  rename: 'mv -f "/proc/self/fd/3/$1" "/proc/self/fd/4/$2"',
+};
+
+/**
+ * O_PATH: a handle that pins the directory's dentry and can be a base for lookups
+ * (/proc/self/fd/N/name), without reading it. Linux's value on x86-64 and arm64 (Node has no
+ * constant for it).
+ */
+const O_PATH = 0o10000000;
+
+function openDir(dir: string): number {
+  return fs.openSync(dir, O_PATH | fs.constants.O_DIRECTORY);
+}
+
+/** Runs one of SCRIPTS with the directories `fds` (of the path, then of `to`) at fds 3 and 4. */
+function runActuator(script: string, req: ActRequest, fds: number[], onHeld: (pid: number) => void): Promise<void> {
+  const second = req.to ? [path.basename(req.to)] : req.written ? ['written'] : [];
+  const args = ['sh', '-c', script, 'actuator', path.basename(req.path), ...second];
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn('/bin/busybox', args, { uid: ACTUATOR_UID, gid: ACTUATOR_UID, stdio: ['pipe', 'pipe', 'pipe', ...fds], cwd: '/' });
+    child.stdin!.on('error', () => {}); // the script may exit without reading it
+    child.stdout!.once('data', () => {
+      try {
+        onHeld(child.pid!);
+      } catch {
+        // the folder is pinned by path afterwards (follow)
+      }
+      child.stdin!.end();
+    });
+    child.stdout!.resume();
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      child.stdin!.destroy();
+      if (code === 0) resolve();
+      else reject(new Error(`${req.op} ${req.path}: ${err.trim() || `exit ${code}`}`));
+    });
+  });
+}

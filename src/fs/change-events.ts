@@ -1,0 +1,351 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ActuatorHooks, GoneEntry } from './p9-session.js';
+import type { Share } from './share.js';
+import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
+
+/**
+ * Host changes in bind-mounted shared folders, replayed in the guest (docs/files.md "Change
+ * events"). Runs in the file server's worker, next to the sessions, because it needs them twice:
+ * the guest's own changes are echoes to ignore (`guestChanged`), and the actuator's requests need
+ * a view of the tree as the guest knew it before the change (`hooks.view`).
+ *
+ * Host side: Node's recursive fs.watch on each watched folder; events are collected for a short
+ * window, then each changed path is compared with a snapshot (device, inode, type, size, mtime):
+ * a path that vanished and one that appeared with the same inode are a rename; otherwise creates,
+ * deletes and modifications. Each becomes one actuator request, in order (renames, deletes deepest
+ * first, creates shallowest first, then writes), sent one at a time.
+ */
+/** Collects a burst of host events before acting (a save often touches a file several times). */
+const WINDOW_MS = 50;
+/** A path the guest itself changed this recently: its host events are echoes of that change. */
+const ECHO_MS = 2000;
+/** Entries a snapshot keeps per watched folder, and requests one burst may cause. */
+const MAX_SNAPSHOT = 200_000;
+const MAX_ACTS_PER_BURST = 500;
+
+interface Entry extends GoneEntry {
+  dir: boolean;
+}
+
+interface Root {
+  share: Share;
+  /** Relative to the share root. */
+  rel: string[];
+  watcher: fs.FSWatcher | undefined;
+}
+
+type Op = { op: ActOp; share: Share; rel: string[]; to?: string[]; before?: Entry; written?: boolean };
+
+export class ChangeEvents {
+  readonly hooks: ActuatorHooks;
+  private readonly roots = new Map<string, Root>();
+  /** `${share id}\0${rel}` → what the guest last knew there. */
+  private readonly snapshot = new Map<string, Entry>();
+  private readonly dirty = new Map<string, { share: Share; rel: string[] }>();
+  private readonly echoes = new Map<string, number>();
+  /** What the actuator's current request must see (a new name absent, a gone name present). */
+  private readonly views = new Map<string, { absent: true } | { gone: GoneEntry }>();
+  /** Entries that vanished in the burst being replayed (folders above a replayed delete). */
+  private burstGone = new Map<string, Entry>();
+  private timer: NodeJS.Timeout | undefined;
+  private busy: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly shares: readonly Share[],
+    private readonly actuate: (req: ActRequest) => Promise<void>,
+    private readonly log: (level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void,
+  ) {
+    this.hooks = {
+      uid: ACTUATOR_UID,
+      view: (share, comps) => this.views.get(key(share, comps)),
+      done: (share, comps) => this.views.delete(key(share, comps)),
+    };
+  }
+
+  /** The guest changed this path itself (not the actuator). */
+  guestChanged(share: Share, comps: readonly string[]): void {
+    this.echoes.set(key(share, comps), Date.now());
+    if (this.echoes.size > 10_000) {
+      const old = Date.now() - ECHO_MS;
+      for (const [k, t] of this.echoes) if (t < old) this.echoes.delete(k);
+    }
+  }
+
+  /** Watches exactly these guest paths (bind-mount sources inside shares). */
+  setRoots(guestPaths: string[]): void {
+    const wanted = new Map<string, { share: Share; rel: string[] }>();
+    for (const p of guestPaths) {
+      const hit = this.locate(p);
+      if (hit) wanted.set(p, hit);
+    }
+    for (const [p, r] of this.roots) {
+      if (!wanted.has(p)) {
+        r.watcher?.close();
+        this.roots.delete(p);
+      }
+    }
+    for (const [p, w] of wanted) {
+      if (this.roots.has(p)) continue;
+      const root: Root = { ...w, watcher: undefined };
+      const hostDir = path.join(w.share.root, ...w.rel);
+      this.scan(w.share, w.rel, hostDir);
+      try {
+        root.watcher = fs.watch(hostDir, { recursive: true }, (_type, filename) => {
+          if (typeof filename === 'string') this.touch(w.share, [...w.rel, ...filename.split(path.sep).filter(Boolean)]);
+        });
+        root.watcher.on('error', (err) => this.log('warn', 'watching a shared folder failed', { path: p, err: err.message }));
+      } catch (err) {
+        this.log('warn', 'cannot watch a shared folder; containers will not see host changes in it', { path: p, err: (err as Error).message });
+      }
+      this.roots.set(p, root);
+    }
+  }
+
+  close(): void {
+    for (const r of this.roots.values()) r.watcher?.close();
+    this.roots.clear();
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  /** Resolves when every queued change has been replayed (tests). */
+  settled(): Promise<void> {
+    return this.busy;
+  }
+
+  private locate(guestPath: string): { share: Share; rel: string[] } | undefined {
+    for (const share of this.shares) {
+      const base = share.spec.path.replace(/\/+$/, '');
+      if (guestPath === base || guestPath.startsWith(`${base}/`)) return { share, rel: guestPath.slice(base.length).split('/').filter(Boolean) };
+    }
+    return undefined;
+  }
+
+  private scan(share: Share, rel: string[], hostDir: string): void {
+    const queue: string[][] = [rel];
+    let n = 0;
+    while (queue.length > 0 && n < MAX_SNAPSHOT) {
+      const r = queue.shift()!;
+      const st = this.lstat(share, r);
+      if (!st) continue;
+      this.snapshot.set(key(share, r), st);
+      n++;
+      if (!st.dir) continue;
+      let names: string[];
+      try {
+        names = fs.readdirSync(path.join(share.root, ...r));
+      } catch {
+        continue;
+      }
+      for (const name of names) queue.push([...r, name]);
+    }
+    if (queue.length > 0) this.log('warn', 'shared folder too large to follow entirely for change events', { path: hostDir, entries: n });
+  }
+
+  private lstat(share: Share, rel: string[]): Entry | undefined {
+    try {
+      const st = fs.lstatSync(path.join(share.root, ...rel), { bigint: true });
+      return { dev: st.dev, ino: st.ino, dir: st.isDirectory(), mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: st.size, mtimeNs: st.mtimeNs };
+    } catch {
+      return undefined;
+    }
+  }
+
+  private touch(share: Share, rel: string[]): void {
+    this.dirty.set(key(share, rel), { share, rel });
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      const batch = [...this.dirty.values()];
+      this.dirty.clear();
+      this.busy = this.busy.then(() => this.flush(batch)).catch((err: Error) => this.log('warn', 'replaying host changes failed', { err: err.message }));
+    }, WINDOW_MS);
+  }
+
+  /** Classifies one burst of changed paths and replays it. */
+  private async flush(batch: { share: Share; rel: string[] }[]): Promise<void> {
+    let vanished: Op[] = [];
+    let appeared: { share: Share; rel: string[]; now: Entry }[] = [];
+    const modified: Op[] = [];
+    const pins: Op[] = [];
+    const now = Date.now();
+    for (const { share, rel } of batch) {
+      const k = key(share, rel);
+      const echo = this.echoes.get(k);
+      const before = this.snapshot.get(k);
+      const after = this.lstat(share, rel);
+      if (after) this.snapshot.set(k, after);
+      else this.snapshot.delete(k);
+      if (echo !== undefined && now - echo < ECHO_MS) {
+        // The guest made this change; a folder it made is only pinned.
+        if (after?.dir && (!before || before.ino !== after.ino)) pins.push({ op: 'pin', share, rel });
+        continue;
+      }
+      if (before && (!after || after.ino !== before.ino || after.dev !== before.dev)) vanished.push({ op: before.dir ? 'rmdir' : 'delete', share, rel, before });
+      if (after && (!before || after.ino !== before.ino || after.dev !== before.dev)) appeared.push({ share, rel, now: after });
+      else if (after && before && !after.dir && (after.size !== before.size || after.mtimeNs !== before.mtimeNs)) modified.push({ op: 'modify', share, rel });
+    }
+    const ops: Op[] = [];
+    // A name that vanished and one that appeared with the same inode: a rename.
+    const renames: Op[] = [];
+    for (const a of [...appeared]) {
+      const i = vanished.findIndex((v) => v.share === a.share && v.before!.ino === a.now.ino && v.before!.dev === a.now.dev);
+      if (i < 0) continue;
+      const v = vanished.splice(i, 1)[0]!;
+      appeared.splice(appeared.indexOf(a), 1);
+      renames.push({ op: 'rename', share: a.share, rel: v.rel, to: a.rel, before: v.before! });
+    }
+    // Entries that moved along with a renamed folder are covered by its rename (Node reports
+    // them too, under one name or both).
+    renames.sort((x, y) => x.rel.length - y.rel.length);
+    const moved: { share: Share; from: string[]; to: string[] }[] = [];
+    const movedWith = (share: Share, rel: string[], side: 'from' | 'to') => moved.find((m) => m.share === share && under(rel, m[side]));
+    for (const r of renames) {
+      const m = movedWith(r.share, r.rel, 'from');
+      if (m && under(r.to!, m.to) && r.rel.slice(m.from.length).join('/') === r.to!.slice(m.to.length).join('/')) continue;
+      ops.push(r);
+      if (r.before!.dir) moved.push({ share: r.share, from: r.rel, to: r.to! });
+    }
+    const replaced = new Set(ops.map((r) => key(r.share, r.to!)));
+    // A rename over an existing name (mv -f, an editor's atomic save) removes the old file itself.
+    vanished = vanished.filter((v) => !replaced.has(key(v.share, v.rel)));
+    // What happened inside a renamed folder is sorted out after its rename, by comparing the
+    // moved subtree with the host (below): until then the snapshot keeps what the guest knows.
+    vanished = vanished.filter((v) => {
+      if (!movedWith(v.share, v.rel, 'from')) return true;
+      this.snapshot.set(key(v.share, v.rel), v.before!);
+      return false;
+    });
+    appeared = appeared.filter((a) => {
+      if (!movedWith(a.share, a.rel, 'to')) return true;
+      this.snapshot.delete(key(a.share, a.rel));
+      return false;
+    });
+    for (const m of moved) this.rekey(m.share, m.from, m.to);
+    vanished.sort((x, y) => y.rel.length - x.rel.length);
+    ops.push(...vanished);
+    appeared.sort((x, y) => x.rel.length - y.rel.length);
+    const created = new Set<string>();
+    const create = (op: Op) => {
+      const k = key(op.share, op.rel);
+      if (created.has(k)) return; // found both as an event and as the entry of a new folder
+      created.add(k);
+      ops.push(op);
+    };
+    for (const a of appeared) {
+      create({ op: a.now.dir ? 'mkdir' : 'create', share: a.share, rel: a.rel, written: !a.now.dir && a.now.size > 0n });
+      // A folder created with its contents (cp -r, git checkout): its entries appear too.
+      if (a.now.dir) for (const child of this.children(a.share, a.rel)) create(child);
+    }
+    ops.push(...modified, ...pins);
+    if (ops.length > MAX_ACTS_PER_BURST) {
+      this.log('warn', 'too many host changes at once; only the first are replayed in containers', { changes: ops.length, replayed: MAX_ACTS_PER_BURST });
+      ops.length = MAX_ACTS_PER_BURST;
+    }
+    this.burstGone = new Map(vanished.map((v) => [key(v.share, v.rel), v.before!]));
+    try {
+      for (const op of ops) await this.replay(op);
+    } finally {
+      this.burstGone.clear();
+    }
+    // Changes inside a renamed folder in the same burst: Node reports some of them under one
+    // name, some not at all. Compare the whole moved subtree with the host, as a burst of its own.
+    const again = new Map<string, { share: Share; rel: string[] }>();
+    for (const m of moved) for (const rel of this.subtree(m.share, m.to)) again.set(key(m.share, rel), { share: m.share, rel });
+    if (again.size > 0) await this.flush([...again.values()]);
+  }
+
+  /** The paths under `rel` (not itself) in the snapshot or on the host, bounded like a scan. */
+  private subtree(share: Share, rel: string[]): string[][] {
+    const out = new Map<string, string[]>();
+    const prefix = `${key(share, rel)}/`;
+    for (const k of this.snapshot.keys()) {
+      if (out.size >= MAX_ACTS_PER_BURST * 4) break;
+      if (k.startsWith(prefix)) out.set(k, [...rel, ...k.slice(prefix.length).split('/')]);
+    }
+    const queue = [rel];
+    while (queue.length > 0 && out.size < MAX_ACTS_PER_BURST * 4) {
+      const dir = queue.shift()!;
+      let entries: fs.Dirent[];
+      try {
+        entries = fs.readdirSync(path.join(share.root, ...dir), { withFileTypes: true });
+      } catch {
+        continue;
+      }
+      for (const e of entries) {
+        const r = [...dir, e.name];
+        out.set(key(share, r), r);
+        if (e.isDirectory()) queue.push(r);
+      }
+    }
+    return [...out.values()];
+  }
+
+  /** Creates for the entries of a new host folder (recorded in the snapshot as they are found). */
+  private children(share: Share, rel: string[]): Op[] {
+    const out: Op[] = [];
+    let names: string[];
+    try {
+      names = fs.readdirSync(path.join(share.root, ...rel)).sort();
+    } catch {
+      return out;
+    }
+    for (const name of names) {
+      const r = [...rel, name];
+      const st = this.lstat(share, r);
+      if (!st) continue;
+      this.snapshot.set(key(share, r), st);
+      out.push({ op: st.dir ? 'mkdir' : 'create', share, rel: r, written: !st.dir && st.size > 0n });
+      if (st.dir) out.push(...this.children(share, r));
+    }
+    return out;
+  }
+
+  /** Moves snapshot entries under a renamed folder to their new names. */
+  private rekey(share: Share, from: string[], to: string[]): void {
+    const prefix = key(share, from);
+    for (const [k, e] of [...this.snapshot]) {
+      if (k === prefix || k.startsWith(`${prefix}/`)) {
+        this.snapshot.delete(k);
+        this.snapshot.set(key(share, to) + k.slice(prefix.length), e);
+      }
+    }
+  }
+
+  private async replay(o: Op): Promise<void> {
+    const views: string[] = [];
+    const set = (rel: string[], v: { absent: true } | { gone: GoneEntry }) => {
+      const k = key(o.share, rel);
+      this.views.set(k, v);
+      views.push(k);
+    };
+    // What the guest must see during the request: a new name absent, a gone name present.
+    if (o.op === 'create' || o.op === 'mkdir') set(o.rel, { absent: true });
+    if ((o.op === 'delete' || o.op === 'rmdir' || o.op === 'rename') && o.before) {
+      set(o.rel, { gone: o.before });
+      // Folders above it that the host removed too (rm -r): the guest still has them until their
+      // own rmdir is replayed, and its lookups walk through them.
+      for (let n = o.rel.length - 1; n > 0; n--) {
+        const gone = this.burstGone.get(key(o.share, o.rel.slice(0, n)));
+        if (gone) set(o.rel.slice(0, n), { gone });
+      }
+    }
+    if (o.op === 'rename' && o.to) set(o.to, { absent: true });
+    const guest = (rel: string[]) => path.posix.join(o.share.spec.path, ...rel);
+    try {
+      await this.actuate({ op: o.op, path: guest(o.rel), ...(o.to ? { to: guest(o.to) } : {}), ...(o.written ? { written: true } : {}) });
+    } catch (err) {
+      this.log('debug', 'a host change was not replayed in the guest', { op: o.op, path: guest(o.rel), err: (err as Error).message });
+    } finally {
+      for (const k of views) this.views.delete(k);
+    }
+  }
+}
+
+/** `rel` is strictly inside the folder `base`. */
+function under(rel: readonly string[], base: readonly string[]): boolean {
+  return rel.length > base.length && base.every((c, i) => rel[i] === c);
+}
+
+function key(share: Share, rel: readonly string[]): string {
+  return `${share.spec.id}\0${rel.join('/')}`;
+}

@@ -1,0 +1,126 @@
+import path from 'node:path';
+import type { Logger } from '../util/log.js';
+
+/**
+ * Which shared folders containers have bind-mounted, so their host changes are followed and
+ * replayed (docs/files.md "Change events"). For each running container: the sources of its bind
+ * mounts that lie inside a share. Folders are pinned in the guest (the agent holds their
+ * directories open) before a container that mounts them starts, when the start goes through
+ * berth's Docker socket (`prepare`); containers the engine restarts by itself are picked up from
+ * its events, a little later.
+ */
+export interface MountTrackerDeps {
+  /** The shared folders, as the guest sees them. */
+  shares: () => readonly string[];
+  /** `docker inspect` of a container (guest data, validated here). */
+  inspect: (id: string) => Promise<unknown>;
+  pin: (paths: string[]) => Promise<void>;
+  unpin: (paths: string[]) => Promise<void>;
+  /** The folders whose changes the file server should follow now. */
+  watch: (paths: string[]) => void;
+}
+
+/** A prepared container not seen running by then is checked again (its start may have failed). */
+const CONFIRM_MS = 30_000;
+
+export class MountTracker {
+  private readonly byContainer = new Map<string, string[]>();
+  /** Prepared containers not yet seen running, with their re-check timers. */
+  private readonly unconfirmed = new Map<string, NodeJS.Timeout>();
+
+  constructor(
+    private readonly d: MountTrackerDeps,
+    private readonly log: Logger,
+    private readonly confirmMs = CONFIRM_MS,
+  ) {}
+
+  /** Before a container starts: pin and watch the shared folders it mounts. Never throws. */
+  async prepare(id: string): Promise<void> {
+    try {
+      await this.apply(id, await this.d.inspect(id));
+    } catch (err) {
+      this.log.debug('could not prepare change events for a container', { id: id.slice(0, 12), err: (err as Error).message });
+      return;
+    }
+    if (!this.byContainer.has(id)) return;
+    clearTimeout(this.unconfirmed.get(id));
+    const timer = setTimeout(() => void this.recheck(id), this.confirmMs);
+    timer.unref();
+    this.unconfirmed.set(id, timer);
+  }
+
+  /** A container's inspect data changed (running, or undefined: gone). Never throws. */
+  async update(id: string, inspect: unknown): Promise<void> {
+    clearTimeout(this.unconfirmed.get(id));
+    this.unconfirmed.delete(id);
+    await this.apply(id, inspect);
+  }
+
+  close(): void {
+    for (const t of this.unconfirmed.values()) clearTimeout(t);
+    this.unconfirmed.clear();
+  }
+
+  /** A prepared container whose start was never seen: keep its folders only if it runs. */
+  private async recheck(id: string): Promise<void> {
+    if (!this.unconfirmed.delete(id)) return;
+    let inspect: unknown;
+    try {
+      inspect = await this.d.inspect(id);
+    } catch {
+      inspect = undefined; // removed
+    }
+    const running = !!inspect && typeof inspect === 'object' && (inspect as { State?: { Running?: unknown } }).State?.Running === true;
+    await this.apply(id, running ? inspect : undefined);
+  }
+
+  private async apply(id: string, inspect: unknown): Promise<void> {
+    const next = inspect === undefined ? [] : this.sources(inspect);
+    const prev = this.byContainer.get(id) ?? [];
+    if (same(prev, next)) return;
+    const before = this.all();
+    if (next.length) this.byContainer.set(id, next);
+    else this.byContainer.delete(id);
+    const after = this.all();
+    const added = after.filter((p) => !before.includes(p));
+    const removed = before.filter((p) => !after.includes(p));
+    // Separately: a failed pin must not keep folders no longer mounted held open.
+    try {
+      if (added.length) await this.d.pin(added);
+    } catch (err) {
+      this.log.warn('pinning shared folders in the VM failed; containers may miss change events', { err: (err as Error).message });
+    }
+    try {
+      if (removed.length) await this.d.unpin(removed);
+    } catch (err) {
+      this.log.debug('unpinning shared folders in the VM failed', { err: (err as Error).message });
+    }
+    this.d.watch(after);
+  }
+
+  /** Every followed folder. */
+  all(): string[] {
+    return [...new Set([...this.byContainer.values()].flat())].sort();
+  }
+
+  /** Bind-mount sources inside a share (Mounts[] of `docker inspect`, Type "bind"). */
+  private sources(inspect: unknown): string[] {
+    if (!inspect || typeof inspect !== 'object') return [];
+    const mounts = (inspect as { Mounts?: unknown }).Mounts;
+    if (!Array.isArray(mounts)) return [];
+    const shares = this.d.shares().map((s) => s.replace(/(.)\/+$/, '$1'));
+    const out = new Set<string>();
+    for (const m of mounts.slice(0, 256)) {
+      if (!m || typeof m !== 'object') continue;
+      const { Type, Source } = m as { Type?: unknown; Source?: unknown };
+      if (Type !== 'bind' || typeof Source !== 'string' || !path.isAbsolute(Source)) continue;
+      const src = path.posix.normalize(Source);
+      if (shares.some((s) => src === s || src.startsWith(s.endsWith('/') ? s : `${s}/`))) out.add(src);
+    }
+    return [...out].sort();
+  }
+}
+
+function same(a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}

@@ -1,0 +1,249 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { dockerCli, newInstance, sleep, type Instance } from './harness.js';
+import { debianImageTar } from './images.js';
+
+/**
+ * File sharing on the real VM (docs/files.md): host folders mounted into containers at their own
+ * paths through berth's 9P server, both ways; the refusal of bind mounts outside the shares; a
+ * read-only share; inotify events in a container for host-side changes (inotifywait from
+ * Debian's inotify-tools), without echoes of the container's own changes; the file server's
+ * port unreachable from containers; data and mounts after `berth stop`/`start`; a share that
+ * no longer exists skipped with a warning.
+ *
+ * The shares are folders of this test (settings.json written before the first start), so
+ * nothing outside them is exposed.
+ */
+
+const IMAGE = 'berth-test/files:1';
+const tag = randomBytes(4).toString('hex');
+/** What the issue asks: host changes heard in the container within a second. */
+const EVENT_WITHIN_MS = 1000;
+
+/** `docker logs -f` of a container, line by line, with the time each line arrived. */
+class LogFollower {
+  readonly lines: { at: number; text: string }[] = [];
+  private readonly child: ChildProcess;
+  private rest = '';
+
+  constructor(dockerHost: string, env: NodeJS.ProcessEnv, name: string) {
+    this.child = spawn(dockerCli(), ['-H', dockerHost, 'logs', '-f', name], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const onData = (d: Buffer) => {
+      const text = this.rest + d.toString();
+      const parts = text.split('\n');
+      this.rest = parts.pop()!;
+      for (const p of parts) this.lines.push({ at: performance.now(), text: p });
+    };
+    this.child.stdout!.on('data', onData);
+    this.child.stderr!.on('data', onData);
+  }
+
+  /** Resolves with the time of the first line (from index `from`) equal to `text`; rejects after `ms`. */
+  async waitFor(text: string, ms: number, from = 0): Promise<number> {
+    const t0 = performance.now();
+    for (;;) {
+      const hit = this.lines.slice(from).find((l) => l.text === text);
+      if (hit) return hit.at;
+      if (performance.now() - t0 > ms) throw new Error(`no "${text}" within ${ms} ms; the watcher printed:\n${this.lines.map((l) => l.text).join('\n')}`);
+      await sleep(20);
+    }
+  }
+
+  count(text: string, from = 0): number {
+    return this.lines.slice(from).filter((l) => l.text === text).length;
+  }
+
+  stop(): void {
+    this.child.kill();
+  }
+}
+
+describe('files', { timeout: 1_200_000 }, () => {
+  let b: Instance;
+  let base: string;
+  /** A read-write share and a read-only one, both folders of this test. */
+  let share: string;
+  let ro: string;
+  const started = new Set<string>();
+
+  const docker = async (args: string[]) => {
+    const r = await b.docker(args);
+    assert.equal(r.code, 0, `docker ${args.join(' ')}\n${r.stdout}\n${r.stderr}`);
+    return r.stdout;
+  };
+  const runRm = (...args: string[]) => docker(['run', '--rm', ...args]);
+
+  before(async () => {
+    base = fs.mkdtempSync(path.join('/tmp', `be2e-files-data-`));
+    share = path.join(base, 'share');
+    ro = path.join(base, 'ro');
+    fs.mkdirSync(share);
+    fs.mkdirSync(ro);
+    fs.writeFileSync(path.join(ro, 'readme.txt'), 'read only\n');
+    b = newInstance('files');
+    fs.writeFileSync(path.join(b.home, 'settings.json'), JSON.stringify({ shares: [{ path: share }, { path: ro, readOnly: true }] }));
+    const r = await b.berth(['start']);
+    assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);
+    const imp = await b.docker(['import', '-', IMAGE], { input: await debianImageTar(['inotify-tools']) });
+    assert.equal(imp.code, 0, imp.stderr);
+  });
+
+  after(async () => {
+    if (b) {
+      if (started.size > 0) await b.docker(['rm', '-f', ...started], { timeoutMs: 60_000 }).catch(() => {});
+      await b.cleanup();
+    }
+    if (base) fs.rmSync(base, { recursive: true, force: true });
+  });
+
+  test('a host folder mounted at any path: reads and writes both ways, as root and as another uid', async () => {
+    const dir = path.join(share, 'rw');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'from-host.txt'), `host ${tag}\n`);
+    assert.equal(await runRm('-v', `${dir}:/src`, IMAGE, 'cat', '/src/from-host.txt'), `host ${tag}\n`);
+
+    await runRm('-v', `${dir}:/src`, IMAGE, 'sh', '-c', `echo container ${tag} > /src/from-root.txt && mkdir -p /src/made/deeper && echo x > /src/made/deeper/f`);
+    assert.equal(fs.readFileSync(path.join(dir, 'from-root.txt'), 'utf8'), `container ${tag}\n`);
+    assert.equal(fs.readFileSync(path.join(dir, 'made', 'deeper', 'f'), 'utf8'), 'x\n');
+    // Files keep the host user as owner (the server creates them as itself).
+    assert.equal(fs.statSync(path.join(dir, 'from-root.txt')).uid, process.getuid!());
+
+    // A container running as another uid writes where the host user can (docs/files.md "Ownership").
+    await runRm('--user', '1234:1234', '-v', `${dir}:/src`, IMAGE, 'sh', '-c', 'echo other > /src/from-1234.txt && echo more >> /src/from-host.txt');
+    assert.equal(fs.readFileSync(path.join(dir, 'from-1234.txt'), 'utf8'), 'other\n');
+    assert.equal(fs.readFileSync(path.join(dir, 'from-host.txt'), 'utf8'), `host ${tag}\nmore\n`);
+
+    // The same folder at its own path, as the VM mounts it, and the container sees host edits at once.
+    fs.writeFileSync(path.join(dir, 'from-host.txt'), 'edited\n');
+    assert.equal(await runRm('-v', `${dir}:${dir}`, IMAGE, 'cat', path.join(dir, 'from-host.txt')), 'edited\n');
+  });
+
+  test('semantics: unlink while open, rename over a file, symlinks inside the share, a file over 4 GiB', async () => {
+    const dir = path.join(share, 'sem');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'open.txt'), 'still readable\n');
+    fs.writeFileSync(path.join(dir, 'new.txt'), 'new\n');
+    fs.writeFileSync(path.join(dir, 'old.txt'), 'old\n');
+    fs.symlinkSync('new.txt', path.join(dir, 'link'));
+    // A sparse 5 GiB file with a marker past 4 GiB: 64-bit offsets all the way through.
+    const big = path.join(dir, 'big.bin');
+    const fd = fs.openSync(big, 'w');
+    fs.writeSync(fd, Buffer.from(`marker ${tag}`), 0, 15, 4.5 * 2 ** 30);
+    fs.ftruncateSync(fd, 5 * 2 ** 30);
+    fs.closeSync(fd);
+    const script = [
+      'exec 3< /src/open.txt && rm /src/open.txt && cat <&3',
+      'mv -f /src/new.txt /src/old.txt && cat /src/old.txt',
+      'readlink /src/link',
+      `dd if=/src/big.bin bs=1 skip=${4.5 * 2 ** 30} count=15 2>/dev/null; echo`,
+      'stat -c %s /src/big.bin',
+    ].join(' && ');
+    const out = await runRm('-v', `${dir}:/src`, IMAGE, 'sh', '-c', script);
+    assert.equal(out, `still readable\nnew\nnew.txt\nmarker ${tag}\n${5 * 2 ** 30}\n`);
+    assert.equal(fs.existsSync(path.join(dir, 'open.txt')), false);
+    assert.equal(fs.readFileSync(path.join(dir, 'old.txt'), 'utf8'), 'new\n');
+  });
+
+  test('bind mounts outside the shares are refused with a message naming the path and the setting', async () => {
+    const outside = fs.mkdtempSync(path.join(base, '..', 'be2e-files-outside-'));
+    try {
+      const cases: { what: string; args: string[] }[] = [
+        { what: '-v', args: ['run', '--rm', '-v', `${outside}:/x`, IMAGE, 'true'] },
+        { what: '--mount type=bind', args: ['run', '--rm', '--mount', `type=bind,source=${outside},target=/x`, IMAGE, 'true'] },
+        { what: 'a local volume with bind options', args: ['volume', 'create', '--driver', 'local', '--opt', 'type=none', '--opt', 'o=bind', '--opt', `device=${outside}`, `v-${tag}`] },
+      ];
+      for (const c of cases) {
+        const r = await b.docker(c.args);
+        assert.notEqual(r.code, 0, `${c.what} was not refused: ${r.stdout}`);
+        assert.ok(r.stderr.includes(outside), `${c.what}: the message does not name ${outside}: ${r.stderr}`);
+        assert.match(r.stderr, /shares/, `${c.what}: the message does not name the setting: ${r.stderr}`);
+      }
+      const vols = await docker(['volume', 'ls', '-q']);
+      assert.ok(!vols.includes(`v-${tag}`), vols);
+    } finally {
+      fs.rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  test('a read-only share stays read-only', async () => {
+    const r = await b.docker(['run', '--rm', '-v', `${ro}:/ro`, IMAGE, 'sh', '-c', 'cat /ro/readme.txt; echo x > /ro/new.txt']);
+    assert.notEqual(r.code, 0);
+    assert.equal(r.stdout, 'read only\n');
+    assert.match(r.stderr, /Read-only file system/);
+    assert.deepEqual(fs.readdirSync(ro), ['readme.txt']);
+  });
+
+  test('host changes reach inotifywait in a container within a second; the container\'s own changes do not echo', async (t) => {
+    const dir = path.join(share, 'watched');
+    fs.mkdirSync(dir);
+    fs.mkdirSync(path.join(dir, 'existing'));
+    started.add('watcher');
+    await docker(['run', '-d', '--name', 'watcher', '-v', `${dir}:/src`, IMAGE, 'inotifywait', '-m', '-r', '--format', '%e %w%f', '/src']);
+    const logs = new LogFollower(await b.dockerHost(), b.env, 'watcher');
+    t.after(() => logs.stop());
+    await logs.waitFor('Watches established.', 30_000);
+
+    const delays: string[] = [];
+    /** Does `change` on the host and waits for each expected event line, in order. */
+    const expect = async (what: string, change: () => void, events: string[]) => {
+      const from = logs.lines.length;
+      const t0 = performance.now();
+      change();
+      for (const e of events) {
+        const at = await logs.waitFor(e, 10_000, from);
+        const ms = at - t0;
+        delays.push(`${what}: ${e} ${ms.toFixed(0)} ms`);
+        assert.ok(ms < EVENT_WITHIN_MS, `${what}: "${e}" came ${ms.toFixed(0)} ms after the host change (want < ${EVENT_WITHIN_MS})`);
+      }
+      await sleep(300); // let the burst end before the next change
+    };
+    const p = (...names: string[]) => path.join(dir, ...names);
+    await expect('create', () => fs.writeFileSync(p('a.txt'), 'hello\n'), ['CREATE /src/a.txt', 'MODIFY /src/a.txt', 'CLOSE_WRITE,CLOSE /src/a.txt']);
+    await expect('append', () => fs.appendFileSync(p('a.txt'), 'more\n'), ['MODIFY /src/a.txt', 'CLOSE_WRITE,CLOSE /src/a.txt']);
+    await expect('rename', () => fs.renameSync(p('a.txt'), p('b.txt')), ['MOVED_FROM /src/a.txt', 'MOVED_TO /src/b.txt']);
+    await expect('delete', () => fs.unlinkSync(p('b.txt')), ['DELETE /src/b.txt']);
+    await expect('in a folder that existed', () => fs.writeFileSync(p('existing', 'c.txt'), 'c'), ['CREATE /src/existing/c.txt']);
+    await expect('mkdir', () => fs.mkdirSync(p('new')), ['CREATE,ISDIR /src/new']);
+    await expect('in a new folder', () => fs.writeFileSync(p('new', 'd.txt'), 'd'), ['CREATE /src/new/d.txt', 'CLOSE_WRITE,CLOSE /src/new/d.txt']);
+    await expect('rm -r', () => fs.rmSync(p('new'), { recursive: true }), ['DELETE /src/new/d.txt', 'DELETE,ISDIR /src/new']);
+    t.diagnostic(delays.join('; '));
+
+    // What the container does itself is heard once, from its own kernel, not again from the host.
+    const from = logs.lines.length;
+    await docker(['exec', 'watcher', 'sh', '-c', 'echo inside > /src/inside.txt && mv /src/inside.txt /src/inside2.txt']);
+    await logs.waitFor('MOVED_TO /src/inside2.txt', 5000, from);
+    await sleep(2500);
+    assert.equal(logs.count('CREATE /src/inside.txt', from), 1, logs.lines.slice(from).map((l) => l.text).join('\n'));
+    assert.equal(logs.count('MOVED_TO /src/inside2.txt', from), 1, logs.lines.slice(from).map((l) => l.text).join('\n'));
+    assert.equal(fs.readFileSync(p('inside2.txt'), 'utf8'), 'inside\n');
+    await docker(['rm', '-f', 'watcher']);
+    started.delete('watcher');
+  });
+
+  test('containers cannot reach the file server: the gateway\'s 9P port drops their connections', async () => {
+    // The VM's gateway is the container's route out; 564 there is the file server's port.
+    const gw = (await b.berth(['shell', '--', 'sh', '-c', "ip -4 route show default | awk '{print $3}'"])).stdout.trim();
+    assert.match(gw, /^\d+\.\d+\.\d+\.\d+$/);
+    const r = await b.docker(['run', '--rm', IMAGE, 'sh', '-c', `nc -w 3 ${gw} 564 </dev/null && echo connected || echo refused`]);
+    assert.equal(r.stdout.trim(), 'refused', r.stderr);
+  });
+
+  test('data written in a container survives berth stop/start; a share that no longer exists is skipped with a warning', async () => {
+    const dir = path.join(share, 'persist');
+    fs.mkdirSync(dir);
+    await runRm('-v', `${dir}:/src`, IMAGE, 'sh', '-c', `echo kept ${tag} > /src/kept.txt && sync`);
+    const stop = await b.berth(['stop']);
+    assert.equal(stop.code, 0, stop.stderr);
+    const gone = path.join(base, 'gone');
+    fs.writeFileSync(path.join(b.home, 'settings.json'), JSON.stringify({ shares: [{ path: share }, { path: ro, readOnly: true }, { path: gone }] }));
+    const start = await b.berth(['start']);
+    assert.equal(start.code, 0, `${start.stdout}\n${start.stderr}`);
+    assert.ok(`${start.stdout}${start.stderr}`.includes(gone), `no warning about ${gone}:\n${start.stdout}\n${start.stderr}`);
+    assert.equal(fs.readFileSync(path.join(dir, 'kept.txt'), 'utf8'), `kept ${tag}\n`);
+    assert.equal(await runRm('-v', `${dir}:/src`, IMAGE, 'cat', '/src/kept.txt'), `kept ${tag}\n`);
+  });
+});
