@@ -11,7 +11,7 @@ import { parseExecMeta, runExec } from './exec-service.js';
 import { followLog, parseLogsMeta } from './logs-service.js';
 import { powerOff, prepareShutdown, readBootId, readBootTimes, readImageKey, systemInfo } from './system.js';
 import type { GuestInfo } from '../control/guest-info.js';
-import { SharedFolders } from './shared-folders.js';
+import { SharedFolders, remountShares } from './shared-folders.js';
 import { ACT_OPS, type ActOp } from '../control/actuator.js';
 
 /**
@@ -81,6 +81,12 @@ function main(): void {
       const out: Record<string, number> = {};
       for (const path of pathsFrom(p)) out[path] = (await folders.pin(path)).pinned;
       return { pinned: out, total: folders.pinnedCount };
+    },
+    'fs.remount': async () => {
+      // The host's file server restarted: the old mounts' connections are dead. Pins held
+      // dentries of those mounts; the daemon pins again for the containers it finds.
+      folders.close();
+      return { failed: await remountShares() };
     },
     'fs.unpin': async (p: unknown) => {
       for (const path of pathsFrom(p)) folders.unpin(path);

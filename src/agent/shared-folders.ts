@@ -215,3 +215,19 @@ function runActuator(script: string, req: ActRequest, fds: number[], onHeld: (pi
     });
   });
 }
+
+/**
+ * Mounts every shared folder again (`mount-shares --remount`): after the host daemon restarted,
+ * its file server is new and the old mounts' connections are dead. Resolves with the lines of
+ * the shares that failed (none: every share is mounted again).
+ */
+export function remountShares(): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('/usr/lib/berth/mount-shares', ['--remount'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('error', reject);
+    child.on('exit', () => resolve(out.split('\n').filter(Boolean)));
+  });
+}

@@ -114,6 +114,7 @@ export class VmController extends EventEmitter {
       this.running = running;
       this.watch(running);
       await session.waitEngineReady(60_000);
+      if (files) await this.remountShares(session);
       this.startChangeEvents(running);
       running.proxy = await this.startProxy(session, running.files?.shares ?? []);
       running.publisher = this.startPublisher(running);
@@ -459,6 +460,22 @@ export class VmController extends EventEmitter {
     return new BerthError('QEMU_EXITED', `The VM stopped unexpectedly: QEMU ${how}.`, {
       hint: `See the console log (${this.paths.vmLog}) and QEMU's messages (${this.paths.qemuLog}).`,
     });
+  }
+
+  /**
+   * After a daemon restart the guest's 9P connections (through the old translator to the old
+   * file server) are dead: the agent mounts the shares again. Containers started before keep
+   * the dead mounts until they restart (their mounts are copies); said in the log.
+   */
+  private async remountShares(session: GuestSession): Promise<void> {
+    try {
+      const r = (await session.rpc('fs.remount', {}, 60_000)) as { failed?: unknown };
+      const failed = Array.isArray(r?.failed) ? r.failed.filter((x): x is string => typeof x === 'string').slice(0, 32) : [];
+      if (failed.length) this.log.warn('some shared folders could not be mounted again after the daemon restarted', { failed: failed.join('; ') });
+      else this.log.info('shared folders mounted again after the daemon restarted; containers started before keep their old mounts until they restart');
+    } catch (err) {
+      this.log.warn('could not mount the shared folders again after the daemon restarted; restart berth (berth stop && berth start)', { err: (err as Error).message });
+    }
   }
 
   /**

@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { dockerCli, newInstance, sleep, type Instance } from './harness.js';
+import { daemonPid, dockerCli, newInstance, sleep, type Instance } from './harness.js';
 import { debianImageTar } from './images.js';
 
 /**
@@ -230,6 +230,18 @@ describe('files', { timeout: 1_200_000 }, () => {
     assert.match(gw, /^\d+\.\d+\.\d+\.\d+$/);
     const r = await b.docker(['run', '--rm', IMAGE, 'sh', '-c', `nc -w 3 ${gw} 564 </dev/null && echo connected || echo refused`]);
     assert.equal(r.stdout.trim(), 'refused', r.stderr);
+  });
+
+  test('kill -9 of the daemon: once it re-attached, new containers read and write the shares again', async () => {
+    const dir = path.join(share, 'after-kill');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'before.txt'), 'before\n');
+    process.kill(daemonPid(b.home)!, 'SIGKILL');
+    await sleep(500);
+    const s = await b.berth(['status', '--json']); // starts a daemon, which re-attaches
+    assert.equal(JSON.parse(s.stdout).state, 'running', s.stdout + s.stderr);
+    assert.equal(await runRm('-v', `${dir}:/src`, IMAGE, 'sh', '-c', 'cat /src/before.txt && echo after > /src/after.txt'), 'before\n');
+    assert.equal(fs.readFileSync(path.join(dir, 'after.txt'), 'utf8'), 'after\n');
   });
 
   test('data written in a container survives berth stop/start; a share that no longer exists is skipped with a warning', async () => {
