@@ -8,7 +8,7 @@ import { P9Session, type ActuatorHooks, type GoneEntry } from './p9-session.js';
 import { QidMap } from './qids.js';
 import { Share, type ShareSpec } from './share.js';
 import { QTDIR, QTFILE, T } from './p9-wire.js';
-import { Msg, P9Error, TestClient } from './p9-test-client.js';
+import { Msg, TestClient, errno } from './p9-test-client.js';
 import { ACTUATOR_UID } from '../control/actuator.js';
 
 /**
@@ -92,16 +92,6 @@ function setup(t: TestContext, opts: { readOnly?: boolean; noActuator?: boolean 
     fs.rmSync(base, { recursive: true, force: true });
   });
   return { dir, spec, share, hooks, changed, c, user, act };
-}
-
-function errno(fn: () => unknown): number {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof P9Error) return err.errno;
-    throw err;
-  }
-  throw new Error('expected an Rlerror');
 }
 
 /** Every entry under `dir`: type, inode, mode, size, mtime and content (files), to compare. */

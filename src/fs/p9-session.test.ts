@@ -9,7 +9,7 @@ import { P9Session } from './p9-session.js';
 import { QidMap } from './qids.js';
 import { Share } from './share.js';
 import { MessageDecoder, QTDIR, QTFILE, QTSYMLINK, T } from './p9-wire.js';
-import { Msg, P9Error, TestClient, decodeReply } from './p9-test-client.js';
+import { Msg, TestClient, decodeReply, errno } from './p9-test-client.js';
 
 /**
  * The 9P2000.L server against a temporary folder: every operation the Linux client uses, the
@@ -41,16 +41,6 @@ function setup(t: TestContext, opts: { readOnly?: boolean } = {}): { dir: string
     fs.rmSync(base, { recursive: true, force: true });
   });
   return { dir, outside, c, root, session };
-}
-
-function errno(fn: () => unknown): number {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof P9Error) return err.errno;
-    throw err;
-  }
-  throw new Error('expected an Rlerror');
 }
 
 test('version: msize is capped at the server maximum; an unknown version is answered "unknown"', () => {

@@ -71,6 +71,17 @@ export class P9Error extends Error {
 }
 
 /** Attributes out of an Rgetattr body. */
+/** The errno of the Rlerror that `fn` gets; throws if it succeeds. */
+export function errno(fn: () => unknown): number {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof P9Error) return err.errno;
+    throw err;
+  }
+  throw new Error('expected an Rlerror');
+}
+
 export interface Attr {
   qid: Qid;
   mode: number;
