@@ -79,7 +79,10 @@ function main(): void {
     // Change events of shared folders (docs/files.md): pins before containers start, then replays.
     'fs.pin': async (p: unknown) => {
       const out: Record<string, number> = {};
-      for (const path of pathsFrom(p)) out[path] = (await folders.pin(path)).pinned;
+      for (const path of pathsFrom(p)) {
+        const r = await folders.pin(path);
+        out[path] = r.pinned + r.files;
+      }
       return { pinned: out, total: folders.pinnedCount };
     },
     'fs.remount': async () => {

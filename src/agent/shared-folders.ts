@@ -7,11 +7,12 @@ import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.j
 /**
  * The guest side of change events (docs/files.md "Change events").
  *
- * Pins: with v9fs `cache=none` (Linux 6.1) every lookup of a directory that nobody holds makes a
- * new inode, so a watcher in a container (which watches inodes) and a later operation on the same
- * path meet different inodes, and the watcher hears nothing. A directory held open keeps its
- * dentry, and every lookup then finds that dentry and its inode. So the agent holds open every
- * directory under the folders that containers bind-mount, before the containers start.
+ * Pins: with v9fs `cache=none` (Linux 6.1) every lookup of a file or directory that nobody holds
+ * makes a new inode, so a watcher in a container (which watches inodes) and a later operation on
+ * the same path meet different inodes, and the watcher hears nothing. One held open (O_PATH) keeps
+ * its dentry, and every lookup then finds that dentry and its inode. So the agent holds every
+ * directory and file (bounded) under the folders that containers bind-mount, before the
+ * containers start, and what the actuator creates, before the actuator lets go of it.
  *
  * Actuator: every host change is replayed on the shared mount by a short-lived busybox process
  * running as ACTUATOR_UID (create, write one byte, unlink, rename, ...). The file server
@@ -23,6 +24,11 @@ import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.j
  */
 /** Directories pinned under one root at most (a tree like node_modules can hold many thousands). */
 const MAX_PINS_PER_ROOT = 20_000;
+/** Files pinned under one root at most, and how many lookups run at once while pinning. */
+const MAX_FILE_PINS_PER_ROOT = 20_000;
+const PIN_CONCURRENCY = 8;
+/** Folders whose files are not pinned (their folders are). */
+const UNWATCHED_FILES = /\/(node_modules|\.git)(\/|$)/;
 
 export class SharedFolders {
   /** Pinned directory → its open fd. */
@@ -35,12 +41,23 @@ export class SharedFolders {
     return this.pins.size;
   }
 
-  /** Holds open every directory under `root` (bounded); returns how many are pinned under it. */
-  async pin(root: string): Promise<{ pinned: number; truncated: boolean }> {
+  /**
+   * Holds open every directory under `root`, and its regular files (a watcher may watch a file
+   * itself: chokidar, and so nodemon and Vite, watch each file), bounded; files under
+   * node_modules and .git are left out (watchers ignore them, and there can be hundreds of
+   * thousands). Returns how many are pinned under it.
+   */
+  async pin(root: string): Promise<{ pinned: number; files: number; truncated: boolean }> {
     this.roots.set(root, (this.roots.get(root) ?? 0) + 1);
     let pinned = 0;
+    const files: string[] = [];
+    let truncated = false;
     const queue = [root];
-    while (queue.length > 0 && pinned < MAX_PINS_PER_ROOT) {
+    while (queue.length > 0) {
+      if (pinned >= MAX_PINS_PER_ROOT) {
+        truncated = true;
+        break;
+      }
       const dir = queue.shift()!;
       if (!this.pins.has(dir)) {
         try {
@@ -56,11 +73,39 @@ export class SharedFolders {
       } catch {
         continue;
       }
-      for (const e of entries) if (e.isDirectory()) queue.push(path.join(dir, e.name));
+      const skipFiles = UNWATCHED_FILES.test(dir);
+      for (const e of entries) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) queue.push(p);
+        else if (e.isFile() && !skipFiles && !this.pins.has(p)) {
+          if (files.length < MAX_FILE_PINS_PER_ROOT) files.push(p);
+          else truncated = true;
+        }
+      }
     }
-    const truncated = queue.length > 0;
-    if (truncated) this.log.warn('too many directories to pin under a shared folder; events deeper than the first ones may be missed', { root, pinned });
-    return { pinned, truncated };
+    const pinnedFiles = await this.pinFiles(files);
+    if (truncated) this.log.warn('too many folders or files to pin under a shared folder; changes to the ones left out may not reach watchers', { root, folders: pinned, files: pinnedFiles });
+    return { pinned, files: pinnedFiles, truncated };
+  }
+
+  /** Pins files, several lookups at a time (each is a 9P round trip; the mount pipelines them). */
+  private async pinFiles(files: string[]): Promise<number> {
+    let next = 0;
+    let pinned = 0;
+    const worker = async () => {
+      while (next < files.length) {
+        const p = files[next++]!;
+        const fd = await new Promise<number | undefined>((resolve) => fs.open(p, O_PATH | O_NOFOLLOW, (err, fd) => resolve(err ? undefined : fd)));
+        if (fd === undefined) continue;
+        if (this.pins.has(p)) fs.closeSync(fd);
+        else {
+          this.pins.set(p, fd);
+          pinned++;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: PIN_CONCURRENCY }, worker));
+    return pinned;
   }
 
   /** Drops one request for `root`; its directories are closed when no pinned root covers them. */
@@ -102,7 +147,9 @@ export class SharedFolders {
       await runActuator(SCRIPTS[op], req, fds, (pid) => {
         // The actuator holds the new folder as its working directory: pin that very dentry (a
         // lookup of our own could come after the guest dropped it and make another inode).
-        if (op === 'mkdir' && this.covered(req.path) && !this.pins.has(req.path)) this.pins.set(req.path, openDir(`/proc/${pid}/cwd`));
+        if (!this.covered(req.path) || this.pins.has(req.path)) return;
+        if (op === 'mkdir') this.pins.set(req.path, openDir(`/proc/${pid}/cwd`));
+        if (op === 'create' && !UNWATCHED_FILES.test(path.dirname(req.path))) this.pins.set(req.path, fs.openSync(`/proc/${pid}/fd/5`, O_PATH));
       });
     } finally {
       for (const fd of opened) fs.closeSync(fd);
@@ -124,7 +171,7 @@ export class SharedFolders {
         // removed again meanwhile
       }
     }
-    if (req.op === 'rmdir') this.forget(req.path);
+    if (req.op === 'rmdir' || req.op === 'delete') this.forget(req.path);
     // A renamed directory keeps its pins (the descriptors follow it), under its new name.
     if (req.op === 'rename' && req.to) this.move(req.path, req.to, covered(req.to));
   }
@@ -167,7 +214,8 @@ function within(p: string, root: string): boolean {
 const SCRIPTS: Record<Exclude<ActOp, 'pin'>, string> = {
   // noclobber: the create is O_CREAT|O_EXCL, so the guest emits IN_CREATE; with content ($2 set),
   // one byte is written too (IN_MODIFY), as a host `echo hi > file` makes.
-  create: 'set -C; if [ -n "$2" ]; then printf \'\\0\' > "/proc/self/fd/3/$1"; else : > "/proc/self/fd/3/$1"; fi',
+  // The new file stays open on fd 5 until the agent has pinned it, like a new folder below.
+  create: 'set -C; exec 5> "/proc/self/fd/3/$1" || exit 1; if [ -n "$2" ]; then printf \'\\0\' >&5; fi; echo held; read _ || :',
   // The new folder is held as the working directory until the agent has pinned it (a line on
   // stdout says it is held; the agent then closes stdin). Why: see SharedFolders.act.
   mkdir: 'mkdir "/proc/self/fd/3/$1" && cd "/proc/self/fd/3/$1" && echo held && { read _ || :; }',
@@ -184,6 +232,7 @@ const SCRIPTS: Record<Exclude<ActOp, 'pin'>, string> = {
  * constant for it).
  */
 const O_PATH = 0o10000000;
+const O_NOFOLLOW = fs.constants.O_NOFOLLOW;
 
 function openDir(dir: string): number {
   return fs.openSync(dir, O_PATH | fs.constants.O_DIRECTORY);
