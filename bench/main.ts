@@ -2,12 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { benchStart } from './start.js';
 import { benchNet } from './net.js';
+import { benchFiles } from './files.js';
 import { toMarkdown, toText, type BenchResult } from './report.js';
 
 /**
- * `npm run bench [-- --runs N] [--only start,net] [--update-docs]`: runs every benchmark with its
- * anchor measured in the same run, prints the results, and with --update-docs writes the markdown
- * tables into docs/performance.md between the bench markers (only with all benchmarks run).
+ * `npm run bench [-- --runs N] [--only start,net,files] [--update-docs]`: runs every benchmark with
+ * its anchor measured in the same run, prints the results, and with --update-docs writes the
+ * markdown tables into docs/performance.md between the bench markers (only with all benchmarks run).
  */
 const args = process.argv.slice(2);
 const runs = Number(args[args.indexOf('--runs') + 1]) || 5;
@@ -17,6 +18,7 @@ const results: BenchResult[] = [];
 
 if (want('start')) results.push(await benchStart(runs));
 if (want('net')) results.push(await benchNet(Math.min(runs, 3)));
+if (want('files')) results.push(await benchFiles(Math.min(runs, 3)));
 
 const when = new Date().toISOString().slice(0, 10);
 const md = [`_Measured ${when} by \`npm run bench\` (runs: ${runs}); medians._`, '', ...results.map(toMarkdown)].join('\n\n');

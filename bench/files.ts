@@ -1,0 +1,287 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { which } from '../src/vm/qemu-binary.js';
+import { median, type BenchResult, type Row } from './report.js';
+
+/**
+ * File sharing against QEMU's own virtio-9p (-virtfs), on the same guest in the same run.
+ *
+ * One VM serves both: berth's own VM, started by `berth start` with a BERTH_HOME whose `shares`
+ * setting is one temporary folder, and with BERTH_QEMU pointing at a two-line wrapper that adds
+ * `-virtfs local,path=<another temporary folder>,mount_tag=bench,security_model=none` to the VM's
+ * QEMU command line. The guest mounts berth's share as it always does (trans=tcp to berth's file
+ * server, msize 512 KiB, cache=none, access=user) and the anchor with
+ * `mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=none` at its host path too, so
+ * the commands are the same for both but for the folder. Runs alternate between the two backends.
+ *
+ * The VM itself runs the workloads (`berth shell`, no container), timed in the guest from
+ * /proc/uptime (10 ms resolution), so only the file sharing is measured and not the shell's round
+ * trip. Before each timed command the guest drops its caches (`sync; echo 3 >
+ * /proc/sys/vm/drop_caches`); the host's page cache stays warm for both (the host just wrote the
+ * files).
+ *
+ * - walk: `find DIR -type f | wc -l` over a tree of 5,000 files (50 folders × 100 files of
+ *   1–4 KiB); busybox find lstat()s every entry.
+ * - read: `find DIR -type f -exec cat {} + >/dev/null` over the same tree.
+ * - big read: `dd if=FILE of=/dev/null bs=1M`, a 200 MiB file the host made.
+ * - big write: `dd if=/dev/zero of=FILE bs=1M count=200 conv=fsync` (written through to the host's
+ *   disk by the fsync on both).
+ * - unpack: busybox `tar -xf` of a tarball of 1,000 small files (10 folders × 100 files of 1–4 KiB)
+ *   into a new folder in the share; the tarball is copied to the VM's own /run/tmp first, so only
+ *   the unpack is timed. Not 10,000 files: busybox tar costs ~10 syscalls per file (mkdir, stat,
+ *   unlink, open, write, close, chown, chmod, utimensat) and on TCG that is 20–80 ms per file on
+ *   either backend, which would make this one workload take an hour.
+ */
+const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
+const berth = path.join(repo, 'bin', 'berth');
+const MIB = 1024 * 1024;
+const TAG = 'bench';
+
+export interface FilesSizes {
+  /** The tree walked and read: dirs × files per dir. */
+  treeDirs: number;
+  treeFilesPerDir: number;
+  /** Files read by the read workload: the first readDirs folders of the tree. */
+  readDirs: number;
+  bigMiB: number;
+  /** The tarball: dirs × files per dir. */
+  tarDirs: number;
+  tarFilesPerDir: number;
+}
+
+export const FILES_SIZES: FilesSizes = { treeDirs: 50, treeFilesPerDir: 100, readDirs: 50, bigMiB: 200, tarDirs: 10, tarFilesPerDir: 100 };
+
+type Backend = 'virtio-9p' | 'berth';
+const BACKENDS: Backend[] = ['virtio-9p', 'berth'];
+
+type Workload = 'walk' | 'read' | 'bigRead' | 'bigWrite' | 'untar';
+const WORKLOADS: Workload[] = ['walk', 'read', 'bigRead', 'bigWrite', 'untar'];
+
+export async function benchFiles(runs: number, sizes: FilesSizes = FILES_SIZES): Promise<BenchResult> {
+  const root = fs.mkdtempSync('/tmp/berth-benchfs-');
+  const dirs: Record<Backend, string> = { 'virtio-9p': path.join(root, 'virtio-9p'), berth: path.join(root, 'berth') };
+  const home = path.join(root, 'home');
+  const env: NodeJS.ProcessEnv = { ...process.env, BERTH_HOME: home, DOCKER_CONFIG: path.join(home, 'docker') };
+  delete env.DOCKER_HOST;
+  const measured = new Map<Backend, Map<Workload, number[]>>(BACKENDS.map((b) => [b, new Map(WORKLOADS.map((w) => [w, []]))]));
+  /** Why a backend was not measured at all, or one workload on it. */
+  const failed = new Map<Backend, string>();
+  const failedRuns = new Map<string, string>();
+  const counts = { tree: sizes.treeDirs * sizes.treeFilesPerDir, read: sizes.readDirs * sizes.treeFilesPerDir, tar: sizes.tarDirs * sizes.tarFilesPerDir };
+  try {
+    const t0 = performance.now();
+    for (const b of BACKENDS) makeData(dirs[b], sizes);
+    makeTarball(path.join(root, 'tar-src'), path.join(dirs.berth, 'bench.tar'), sizes);
+    console.error(`bench files: data made on the host in ${Math.round(performance.now() - t0)} ms (${counts.tree} files, ${sizes.bigMiB} MiB, tarball of ${counts.tar} files)`);
+
+    try {
+      startVm(env, root, dirs, failed);
+    } catch (err) {
+      for (const b of BACKENDS) failed.set(b, `the VM did not start: ${errText(err)}`);
+      console.error(`bench files: ${errText(err)}`);
+    }
+    for (const w of WORKLOADS) {
+      for (let r = 0; r < runs; r++) {
+        // Alternate which backend goes first, so drift in the machine's load hits both alike.
+        const order = r % 2 ? [...BACKENDS].reverse() : BACKENDS;
+        for (const b of order) {
+          if (failed.has(b) || failedRuns.has(`${b} ${w}`)) continue;
+          try {
+            const ms = runWorkload(env, w, dirs[b], r, counts, sizes);
+            measured.get(b)!.get(w)!.push(ms);
+            console.error(`bench files: ${w} ${b} run ${r + 1}: ${ms} ms`);
+          } catch (err) {
+            failedRuns.set(`${b} ${w}`, errText(err));
+            console.error(`bench files: ${w} ${b} failed: ${errText(err)}`);
+          }
+        }
+      }
+    }
+  } finally {
+    try {
+      cli(['stop'], env);
+    } catch {
+      // not running
+    }
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+
+  const rows: Row[] = [];
+  const fmt = (n: number) => n.toLocaleString('en-US');
+  const names: Record<Workload, string> = {
+    walk: `walk: find -type f (lstat each) over ${fmt(counts.tree)} files`,
+    read: `read: cat every one of ${fmt(counts.read)} small files`,
+    bigRead: `read ${sizes.bigMiB} MiB (dd bs=1M)`,
+    bigWrite: `write ${sizes.bigMiB} MiB (dd bs=1M conv=fsync)`,
+    untar: `unpack a tarball of ${fmt(counts.tar)} small files (busybox tar${counts.tar < 10_000 ? '; not 10,000: too slow on TCG' : ''})`,
+  };
+  for (const w of WORKLOADS) {
+    const med = (b: Backend) => {
+      const xs = measured.get(b)!.get(w)!;
+      return xs.length === runs ? median(xs) : undefined;
+    };
+    for (const b of BACKENDS) {
+      const xs = measured.get(b)!.get(w)!;
+      const v = med(b);
+      if (v === undefined) {
+        rows.push({ name: `${names[w]}: ${b}`, value: NaN, unit: 'ms', note: `not measured: ${failed.get(b) ?? failedRuns.get(`${b} ${w}`) ?? 'unknown'}` });
+        continue;
+      }
+      const rate = w === 'bigRead' || w === 'bigWrite' ? `${Math.round((sizes.bigMiB * 1000) / v)} MiB/s; ` : '';
+      rows.push({ name: `${names[w]}: ${b}`, value: v, unit: 'ms', note: `${rate}runs: ${xs.join(', ')} ms` });
+    }
+    const a = med('virtio-9p');
+    const ours = med('berth');
+    if (a !== undefined && ours !== undefined && a > 0 && ours > 0) {
+      rows.push({ name: '  berth vs virtio-9p', value: Number((a / ours).toFixed(2)), unit: '×', note: 'anchor time / berth time: higher is better for berth' });
+    }
+  }
+  return { title: `File sharing, run by the VM itself, no container (TCG, ${runs} runs per backend, cache=none on both, medians)`, rows };
+}
+
+/**
+ * Starts berth's VM with the 9p device added (through a BERTH_QEMU wrapper), mounts the anchor in
+ * the guest and copies the tarball into the VM's own tmpfs.
+ */
+function startVm(env: NodeJS.ProcessEnv, root: string, dirs: Record<Backend, string>, failed: Map<Backend, string>): void {
+  const qemu = process.env.BERTH_QEMU || which('qemu-system-x86_64');
+  if (!qemu) throw new Error('qemu-system-x86_64 not found');
+  const wrapper = path.join(root, 'qemu');
+  // Only the VM itself gets the 9p device (its command line has -pidfile), not `--version`.
+  fs.writeFileSync(
+    wrapper,
+    `#!/bin/sh\ncase " $* " in *" -pidfile "*) exec '${qemu}' "$@" -virtfs 'local,path=${dirs['virtio-9p']},mount_tag=${TAG},security_model=none,id=fs0' ;; esac\nexec '${qemu}' "$@"\n`,
+    { mode: 0o755 },
+  );
+  env.BERTH_QEMU = wrapper;
+  cli(['settings', 'set', 'shares', JSON.stringify([{ path: dirs.berth }])], env);
+  const t0 = performance.now();
+  cli(['start'], env);
+  console.error(`bench files: VM started in ${Math.round(performance.now() - t0)} ms`);
+  try {
+    shell(env, `modprobe 9pnet_virtio && mkdir -p ${dirs['virtio-9p']} && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=none ${TAG} ${dirs['virtio-9p']} && test -f ${dirs['virtio-9p']}/big`);
+  } catch (err) {
+    failed.set('virtio-9p', `cannot mount it in the guest: ${errText(err)}`);
+  }
+  try {
+    // The tarball, from the share into the VM's own tmpfs (untimed).
+    shell(env, `test -f ${dirs.berth}/big && cp ${dirs.berth}/bench.tar /run/tmp/bench.tar`);
+  } catch (err) {
+    failed.set('berth', `the share is not mounted in the guest: ${errText(err)}`);
+    if (!failed.has('virtio-9p')) shell(env, `cp ${dirs['virtio-9p']}/bench.tar /run/tmp/bench.tar`);
+  }
+}
+
+/**
+ * One timed workload in the guest: drops the guest's caches, then times the command alone from
+ * /proc/uptime and checks its result. New names per run for what it writes, removed on the host.
+ */
+function runWorkload(env: NodeJS.ProcessEnv, w: Workload, dir: string, run: number, counts: { tree: number; read: number; tar: number }, sizes: FilesSizes): number {
+  const setup: string[] = [];
+  const after: string[] = [];
+  let cmd: string;
+  switch (w) {
+    case 'walk':
+      cmd = `n=$(find ${dir}/tree -type f | wc -l)`;
+      break;
+    case 'read':
+      // find does not pass on cat's failures: any message from cat fails the run.
+      cmd = `find ${readDirs(dir, sizes)} -type f -exec cat {} + >/dev/null 2>/run/tmp/bench.err`;
+      after.push('if [ -s /run/tmp/bench.err ]; then head -c 300 /run/tmp/bench.err >&2; exit 1; fi');
+      break;
+    case 'bigRead':
+      cmd = `dd if=${dir}/big of=/dev/null bs=1M 2>/dev/null`;
+      break;
+    case 'bigWrite':
+      cmd = `dd if=/dev/zero of=${dir}/write-${run} bs=1M count=${sizes.bigMiB} conv=fsync 2>/dev/null`;
+      break;
+    case 'untar':
+      setup.push(`mkdir ${dir}/untar-${run}`);
+      cmd = `tar -xf /run/tmp/bench.tar -C ${dir}/untar-${run}`;
+      break;
+  }
+  // `read` is a shell builtin: nothing is forked around the command.
+  const script = ['set -e', ...setup, 'sync', 'echo 3 > /proc/sys/vm/drop_caches', 'read a x < /proc/uptime', cmd, 'read b x < /proc/uptime', ...after, 'echo "T $a $b ${n:-}"'].join('; ');
+  const out = shell(env, script);
+  const m = /^T (\d+\.\d+) (\d+\.\d+) ?(\d*)$/m.exec(out);
+  if (!m) throw new Error(`no timing in the guest's output: ${out.slice(-300)}`);
+  const ms = Math.round((Number(m[2]) - Number(m[1])) * 1000);
+  // Check what the workload did.
+  if (w === 'walk' && Number(m[3]) !== counts.tree) throw new Error(`find counted ${m[3]} files, expected ${counts.tree}`);
+  if (w === 'bigWrite') {
+    const f = path.join(dir, `write-${run}`);
+    const size = fs.statSync(f).size;
+    fs.rmSync(f);
+    if (size !== sizes.bigMiB * MIB) throw new Error(`the written file has ${size} bytes on the host, expected ${sizes.bigMiB * MIB}`);
+  }
+  if (w === 'untar') {
+    const d = path.join(dir, `untar-${run}`);
+    const n = countFiles(d);
+    fs.rmSync(d, { recursive: true, force: true });
+    if (n !== counts.tar) throw new Error(`unpacked ${n} files, expected ${counts.tar}`);
+  }
+  return ms;
+}
+
+/** The folders the read workload reads: the whole tree, or its first readDirs folders. */
+function readDirs(dir: string, sizes: FilesSizes): string {
+  if (sizes.readDirs >= sizes.treeDirs) return `${dir}/tree`;
+  return Array.from({ length: sizes.readDirs }, (_, i) => `${dir}/tree/d${String(i).padStart(3, '0')}`).join(' ');
+}
+
+/** Small files of 1–4 KiB, sizes and contents from a fixed seed (the same for both backends). */
+function smallFiles(dir: string, dirs: number, perDir: number): number {
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const pool = Buffer.alloc(4096);
+  for (let i = 0; i < pool.length; i++) pool[i] = Math.floor(rand() * 256);
+  let bytes = 0;
+  for (let d = 0; d < dirs; d++) {
+    const sub = path.join(dir, `d${String(d).padStart(3, '0')}`);
+    fs.mkdirSync(sub, { recursive: true });
+    for (let f = 0; f < perDir; f++) {
+      const size = 1024 + Math.floor(rand() * 3072);
+      fs.writeFileSync(path.join(sub, `f${String(f).padStart(3, '0')}.txt`), pool.subarray(0, size));
+      bytes += size;
+    }
+  }
+  return bytes;
+}
+
+/** One backend's folder: the tree and the big file. */
+function makeData(dir: string, sizes: FilesSizes): void {
+  fs.mkdirSync(dir, { recursive: true });
+  smallFiles(path.join(dir, 'tree'), sizes.treeDirs, sizes.treeFilesPerDir);
+  const chunk = Buffer.alloc(MIB);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 2654435761) >>> 24;
+  const fd = fs.openSync(path.join(dir, 'big'), 'w');
+  for (let i = 0; i < sizes.bigMiB; i++) fs.writeSync(fd, chunk);
+  fs.closeSync(fd);
+}
+
+/** The tarball (ustar, by the host's tar) of small files, built from a scratch folder. */
+function makeTarball(src: string, tarball: string, sizes: FilesSizes): void {
+  smallFiles(path.join(src, 'pkg'), sizes.tarDirs, sizes.tarFilesPerDir);
+  execFileSync('tar', ['--format=ustar', '-cf', tarball, '-C', src, 'pkg'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  fs.rmSync(src, { recursive: true, force: true });
+}
+
+function countFiles(dir: string): number {
+  let n = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) n++;
+  return n;
+}
+
+function cli(args: string[], env: NodeJS.ProcessEnv): string {
+  return execFileSync(berth, args, { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 600_000 });
+}
+
+function shell(env: NodeJS.ProcessEnv, script: string): string {
+  return execFileSync(berth, ['shell', '--', 'sh', '-c', script], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 900_000 });
+}
+
+function errText(err: unknown): string {
+  const e = err as Error & { stderr?: string };
+  return `${e.message.split('\n')[0]}${e.stderr ? `: ${String(e.stderr).trim().slice(-300)}` : ''}`;
+}
