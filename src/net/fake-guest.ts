@@ -488,6 +488,8 @@ export interface GuestOptions {
    * its frames, so a fuzz test that mangles source MACs checks against the learned one instead.
    */
   strictMac?: boolean;
+  /** The file server's Unix socket (gateway:564 is routed to it). */
+  fileServerSocket?: string;
 }
 
 interface Waiter {
@@ -545,6 +547,7 @@ export class FakeGuest {
       },
       pinger: o.pinger ?? (async () => false),
       ...(o.tuning ? { tuning: o.tuning } : {}),
+      ...(o.fileServerSocket ? { fileServerSocket: o.fileServerSocket } : {}),
     });
   }
 

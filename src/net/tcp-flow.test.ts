@@ -1,6 +1,9 @@
 import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import {
   ACK,
   closedPort,
@@ -916,4 +919,30 @@ test('published port: SYN into the guest (MSS, WS), handshake, data both ways', 
   await waitUntil(() => got.length() === 19, 2000, 'the response at the host client');
   assert.equal(got.data().toString(), 'HTTP/1.0 200 OK\r\n\r\n');
   g.assertClean();
+});
+
+test('a flow to the file server\'s Unix socket (gateway:564): data both ways; closing the stack with it open does not throw (ERR_INVALID_HANDLE_TYPE)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-unixflow-'));
+  const sockPath = path.join(dir, '9p.sock');
+  const accepted: net.Socket[] = [];
+  const srv = net.createServer((s) => {
+    accepted.push(s);
+    s.on('data', (d: Buffer) => s.write(Buffer.concat([Buffer.from('echo:'), d])));
+  });
+  await new Promise<void>((r) => srv.listen(sockPath, () => r()));
+  const g = new FakeGuest({ mtu: 65520, fileServerSocket: sockPath });
+  t.after(async () => {
+    for (const s of accepted) s.destroy();
+    await new Promise<void>((r) => srv.close(() => r()));
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const c = g.conn({ dst: GATEWAY, dport: 564 });
+  await c.connect();
+  c.send(Buffer.from('Tversion'));
+  await c.receive(13);
+  assert.equal(c.data().toString(), 'echo:Tversion');
+  // A Unix socket has no TCP reset: aborting the flow (what closing the stack does) must fall
+  // back to a plain close instead of throwing out of the network worker.
+  assert.doesNotThrow(() => g.close());
+  await waitUntil(() => accepted.every((s) => s.destroyed || s.readableEnded), 2000, 'the file server side is closed');
 });
