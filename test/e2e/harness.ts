@@ -58,6 +58,18 @@ export function newInstance(name: string, extraEnv: NodeJS.ProcessEnv = {}): Ins
     cleanup: async () => {
       await inst.berth(['stop'], { timeoutMs: 120_000 });
       killStrays(home);
+      // The logs outlive the instance, for diagnosing a failure after the fact (CI prints where).
+      const keep = path.join(process.env.BERTH_E2E_LOGS ?? '/tmp/berth-e2e-logs', path.basename(home));
+      try {
+        fs.cpSync(path.join(home, 'logs'), keep, { recursive: true });
+        // Errors the daemon logged (a crashed worker, an uncaught exception) and guest kernel
+        // trouble, in the test output: CI keeps nothing else.
+        const daemon = fs.readFileSync(path.join(keep, 'daemon.log'), 'utf8').split('\n').filter((l) => / ERROR /.test(l));
+        const vm = fs.readFileSync(path.join(keep, 'vm.log'), 'utf8').split('\n').filter((l) => /soft lockup|BUG|Oops|panic|rcu.*stall/i.test(l));
+        if (daemon.length || vm.length) process.stderr.write(`[${path.basename(home)}] logs kept in ${keep}\n${[...daemon.slice(-20), ...vm.slice(-10)].join('\n')}\n`);
+      } catch {
+        // no logs (the instance never started)
+      }
       fs.rmSync(home, { recursive: true, force: true });
     },
   };
