@@ -187,6 +187,8 @@ export class SharedFolders {
   }
 
   private move(from: string, to: string, keep: boolean): void {
+    // A rename over an existing name (mv -f) replaced it: its pins go.
+    if (!within(from, to)) this.forget(to);
     for (const [p, fd] of [...this.pins]) {
       if (!within(p, from)) continue;
       this.pins.delete(p);

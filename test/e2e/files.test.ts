@@ -207,6 +207,19 @@ describe('files', { timeout: 1_200_000 }, () => {
     await expect('append', () => fs.appendFileSync(p('a.txt'), 'more\n'), ['MODIFY /src/a.txt', 'CLOSE_WRITE,CLOSE /src/a.txt']);
     await expect('rename', () => fs.renameSync(p('a.txt'), p('b.txt')), ['MOVED_FROM /src/a.txt', 'MOVED_TO /src/b.txt']);
     await expect('delete', () => fs.unlinkSync(p('b.txt')), ['DELETE /src/b.txt']);
+    fs.writeFileSync(p('saved.txt'), 'v1\n');
+    await sleep(500);
+    // An editor's atomic save: write a temporary file, rename it over the original. Within one
+    // burst the temporary file is never seen, so the guest hears the file replaced
+    // (docs/files.md "Limits").
+    await expect(
+      'atomic save',
+      () => {
+        fs.writeFileSync(p('.saved.txt.tmp'), 'v2\n');
+        fs.renameSync(p('.saved.txt.tmp'), p('saved.txt'));
+      },
+      ['DELETE /src/saved.txt', 'CREATE /src/saved.txt', 'CLOSE_WRITE,CLOSE /src/saved.txt'],
+    );
     await expect('in a folder that existed', () => fs.writeFileSync(p('existing', 'c.txt'), 'c'), ['CREATE /src/existing/c.txt']);
     await expect('mkdir', () => fs.mkdirSync(p('new')), ['CREATE,ISDIR /src/new']);
     await expect('in a new folder', () => fs.writeFileSync(p('new', 'd.txt'), 'd'), ['CREATE /src/new/d.txt', 'CLOSE_WRITE,CLOSE /src/new/d.txt']);
