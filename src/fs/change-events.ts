@@ -44,6 +44,7 @@ export class ChangeEvents {
   private readonly snapshot = new Map<string, Entry>();
   private readonly dirty = new Map<string, { share: Share; rel: string[] }>();
   private readonly echoes = new Map<string, number>();
+  private prunedAt = 0;
   /** What the actuator's current request must see (a new name absent, a gone name present). */
   private readonly views = new Map<string, { absent: true } | { gone: GoneEntry }>();
   /** Entries that vanished in the burst being replayed (folders above a replayed delete). */
@@ -65,10 +66,12 @@ export class ChangeEvents {
 
   /** The guest changed this path itself (not the actuator). */
   guestChanged(share: Share, comps: readonly string[]): void {
-    this.echoes.set(key(share, comps), Date.now());
-    if (this.echoes.size > 10_000) {
-      const old = Date.now() - ECHO_MS;
-      for (const [k, t] of this.echoes) if (t < old) this.echoes.delete(k);
+    const now = Date.now();
+    this.echoes.set(key(share, comps), now);
+    // Pruned at most once a second: a container writing thousands of files calls this per write.
+    if (this.echoes.size > 10_000 && now - this.prunedAt >= 1000) {
+      this.prunedAt = now;
+      for (const [k, t] of this.echoes) if (t < now - ECHO_MS) this.echoes.delete(k);
     }
   }
 

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
+import { isRunning } from '../ports/docker-api.js';
 
 /**
  * Which shared folders containers have bind-mounted, so their host changes are followed and
@@ -70,8 +71,7 @@ export class MountTracker {
     } catch {
       inspect = undefined; // removed
     }
-    const running = !!inspect && typeof inspect === 'object' && (inspect as { State?: { Running?: unknown } }).State?.Running === true;
-    await this.apply(id, running ? inspect : undefined);
+    await this.apply(id, isRunning(inspect) ? inspect : undefined);
   }
 
   private async apply(id: string, inspect: unknown): Promise<void> {

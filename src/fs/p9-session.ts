@@ -443,8 +443,7 @@ export class P9Session {
     const comps = [...f.comps, r.name];
     if (f.actuator) {
       // The host created it already: answer with what exists, create nothing.
-      const qid = this.actuatorQid(f, comps);
-      this.o.actuator!.done(f.share, comps);
+      const qid = this.actuatorMade(f, comps);
       f.comps = comps;
       f.writable = true;
       return new ReplyWriter(24).qid(qid).u32(0).finish(T.lcreate + 1, r.tag);
@@ -461,6 +460,13 @@ export class P9Session {
   /** The qid of what the host has at `comps` (the actuator's creates answer with it). */
   private actuatorQid(f: Fid, comps: string[]): Qid {
     return this.o.qids.qid(fs.lstatSync(f.share.path(comps), { bigint: true }));
+  }
+
+  /** An actuator create or mkdir of what the host made: its qid, and the guest's view of it ends. */
+  private actuatorMade(f: Fid, comps: string[]): Qid {
+    const qid = this.actuatorQid(f, comps);
+    this.o.actuator!.done(f.share, comps);
+    return qid;
   }
 
   /**
@@ -568,11 +574,7 @@ export class P9Session {
     checkName(r.name);
     this.mayChange(d);
     const comps = [...d.comps, r.name];
-    if (d.actuator) {
-      const qid = this.actuatorQid(d, comps);
-      this.o.actuator!.done(d.share, comps);
-      return new ReplyWriter(20).qid(qid).finish(T.mkdir + 1, r.tag);
-    }
+    if (d.actuator) return new ReplyWriter(20).qid(this.actuatorMade(d, comps)).finish(T.mkdir + 1, r.tag);
     const p = path.join(d.share.dir(d.comps), r.name);
     fs.mkdirSync(p, safeMode(r.mode, true));
     this.changed(d.share, comps);

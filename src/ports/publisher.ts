@@ -1,7 +1,7 @@
 import type { Logger } from '../util/log.js';
 import type { NetService } from '../net/net-service.js';
 import type { ForwardState } from '../net/port-forwarder.js';
-import { dockerJson, followEvents, type StreamOpener } from './docker-api.js';
+import { dockerJson, followEvents, isRunning, type StreamOpener } from './docker-api.js';
 import { extraForwards, forwardsOfContainer, type PublishedForward, type PublishOptions } from './forwards.js';
 
 /**
@@ -118,8 +118,7 @@ export class PortPublisher {
       const fwd = forwardsOfContainer(inspect, this.opts);
       if (fwd.length > 0) this.byContainer.set(id, fwd);
       else this.byContainer.delete(id);
-      const running = !!inspect && typeof inspect === 'object' && (inspect as { State?: { Running?: unknown } }).State?.Running === true;
-      if (running) {
+      if (isRunning(inspect)) {
         this.reported.add(id);
         this.onInspect?.(id, inspect);
       } else this.gone(id);

@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { daemonPid, newInstance, sleep, type Instance } from './harness.js';
 import { debianImageTar } from './images.js';
+import type { PortReport } from '../../src/daemon/api-types.js';
 import { close, freePort, hostHasIpv6Loopback, httpGet, isFree, listen, socketInodes, tcpListeners, tcpListenersOf, udpExchange, waitForBody, waitForRefused } from './net-helpers.js';
 
 /**
@@ -15,18 +16,6 @@ import { close, freePort, hostHasIpv6Loopback, httpGet, isFree, listen, socketIn
 
 const IMAGE = 'berth-test/ports:1';
 const tag = randomBytes(4).toString('hex');
-
-interface Forward {
-  proto: 'tcp' | 'udp';
-  hostIp: string;
-  hostPort: number;
-  guestIp: string;
-  guestPort: number;
-  containerId: string;
-  containerName: string;
-  state: 'pending' | 'listening' | 'failed';
-  error?: string;
-}
 
 /** A busybox httpd per port, each serving its own body (`<body>-<port>`); the first in the foreground. */
 function httpd(body: string, ports: number[] = [80]): string[] {
@@ -43,15 +32,15 @@ describe('ports', { timeout: 1_200_000 }, () => {
   /** Containers a test started, removed in after() if the test did not get to it. */
   const started = new Set<string>();
 
-  const ports = async (): Promise<{ backend: string; forwards: Forward[] }> => {
+  const ports = async (): Promise<{ backend: string; forwards: PortReport[] }> => {
     const r = await b.berth(['ports', '--json']);
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout);
   };
   /** Polls `berth ports --json` until `pick` returns something (or throws after `withinMs`). */
-  const waitForPorts = async <T>(pick: (f: Forward[]) => T | undefined, withinMs: number, what: string): Promise<T> => {
+  const waitForPorts = async <T>(pick: (f: PortReport[]) => T | undefined, withinMs: number, what: string): Promise<T> => {
     const t0 = Date.now();
-    let last: Forward[] = [];
+    let last: PortReport[] = [];
     while (Date.now() - t0 < withinMs) {
       last = (await ports()).forwards;
       const v = pick(last);
