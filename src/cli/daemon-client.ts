@@ -62,6 +62,20 @@ export class DaemonClient {
   }
 
   /**
+   * GETs `route` if a daemon answers, else resolves undefined. One request, not "isRunning, then
+   * ask": a daemon exits ~100 ms after a clean stop, and a check followed by a second request
+   * could land between the two (seen in CI: `berth stop; berth status --json` printed an error).
+   */
+  async getIfRunning(route: string): Promise<unknown> {
+    try {
+      return await this.getJson(route);
+    } catch (err) {
+      if (err instanceof BerthError && err.code === 'DAEMON_UNREACHABLE' && err.details?.noAnswer === true) return undefined;
+      throw err;
+    }
+  }
+
+  /**
    * POSTs to a streaming route (starting the daemon if needed); calls `onLine` per progress line
    * and resolves with the result. A daemon that closes the connection without answering at all was
    * exiting when the request arrived (idle exit after a stop): the request is sent once more, to a
@@ -109,18 +123,16 @@ export class DaemonClient {
           }
         });
       });
-      req.on('error', (err) => {
-        const e = unreachable(this.paths, err);
-        // No response at all: the request never reached a daemon that acted on it.
-        reject(answered ? e : new BerthError(e.code, e.message, { ...(e.hint ? { hint: e.hint } : {}), cause: err, details: { noAnswer: true } }));
-      });
+      req.on('error', (err) => reject(unreachable(this.paths, err, !answered)));
       req.end();
     });
   }
 
   getJson(route: string, timeoutMs = 30_000): Promise<unknown> {
     return new Promise((resolve, reject) => {
+      let answered = false;
       const req = http.get({ socketPath: this.paths.daemonSocket, path: route, timeout: timeoutMs }, (res) => {
+        answered = true;
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (c: string) => (body += c));
@@ -134,15 +146,24 @@ export class DaemonClient {
           }
         });
       });
-      req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.on('error', (err) => reject(unreachable(this.paths, err)));
+      let timedOut = false;
+      req.on('timeout', () => {
+        timedOut = true; // a daemon that holds the socket but is slow is not "no daemon"
+        req.destroy(new Error(`no answer within ${timeoutMs} ms`));
+      });
+      req.on('error', (err) => reject(unreachable(this.paths, err, !answered && !timedOut)));
     });
   }
 }
 
-function unreachable(paths: BerthPaths, err: unknown): BerthError {
+/**
+ * `noAnswer`: no response began, so no daemon acted on the request (no socket, refused, or reset
+ * by a daemon that was exiting); callers may treat that as "no daemon" or retry.
+ */
+function unreachable(paths: BerthPaths, err: unknown, noAnswer: boolean): BerthError {
   return new BerthError('DAEMON_UNREACHABLE', `Cannot reach the berth daemon at ${paths.daemonSocket}.`, {
     cause: err,
     hint: 'Run `berth start` (it starts the daemon), or see the daemon log with `berth logs daemon`.',
+    ...(noAnswer ? { details: { noAnswer: true } } : {}),
   });
 }

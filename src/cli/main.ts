@@ -139,10 +139,8 @@ async function stop(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<numb
 
 async function status(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<number> {
   const client = new DaemonClient(paths);
-  let s: StatusReport;
-  if (await client.isRunning()) {
-    s = await client.status();
-  } else {
+  let s = (await client.getIfRunning('/v1/status')) as StatusReport | undefined;
+  if (s === undefined) {
     const pid = await readPid(paths.qemuPidFile);
     if (pid !== undefined && isOurQemu(pid, paths.home)) {
       // The daemon died but the VM runs: start a daemon, which re-attaches to it.

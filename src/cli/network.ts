@@ -7,7 +7,7 @@ import type { Out } from './render.js';
 /** `berth network [--json]`: the VM's network and the translator's counters. */
 export async function showNetwork(client: DaemonClient, args: ParsedArgs, out: Out): Promise<number> {
   checkFlags(args, []);
-  const report: NetworkReport = (await client.isRunning()) ? ((await client.getJson('/v1/network')) as NetworkReport) : { network: null, stats: null };
+  const report = ((await client.getIfRunning('/v1/network')) as NetworkReport | undefined) ?? { network: null, stats: null };
   if (args.json) {
     out.write(JSON.stringify(report, null, 2) + '\n');
     return 0;

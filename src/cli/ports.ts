@@ -7,7 +7,7 @@ import type { Out } from './render.js';
 /** `berth ports [--json]`: every published port, where it goes, and whether it is listening. */
 export async function showPorts(client: DaemonClient, args: ParsedArgs, out: Out): Promise<number> {
   checkFlags(args, []);
-  const report: PortsReport = (await client.isRunning()) ? ((await client.getJson('/v1/ports')) as PortsReport) : { backend: 'none', forwards: [] };
+  const report = ((await client.getIfRunning('/v1/ports')) as PortsReport | undefined) ?? { backend: 'none', forwards: [] };
   if (args.json) {
     out.write(JSON.stringify(report, null, 2) + '\n');
     return 0;

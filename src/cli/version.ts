@@ -6,6 +6,7 @@ import { findImage } from '../image/index.js';
 import { imageInputs } from '../daemon/image-source.js';
 import { findQemu } from '../vm/qemu-binary.js';
 import { DaemonClient } from './daemon-client.js';
+import type { StatusReport } from '../daemon/api-types.js';
 import { checkFlags, type ParsedArgs } from './args.js';
 import type { Out } from './render.js';
 
@@ -16,7 +17,7 @@ export async function runVersion(paths: BerthPaths, args: ParsedArgs, out: Out):
   const qemu = await findQemu().then((q) => q.version).catch(() => null);
   const built = await findImage(imageInputs(paths.cache)).catch(() => undefined);
   const client = new DaemonClient(paths);
-  const running = (await client.isRunning()) ? await client.status() : undefined;
+  const running = (await client.getIfRunning('/v1/status')) as StatusReport | undefined;
   const runningImage = running?.image ?? null;
   const report = {
     berth: pkg.version,
