@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import type { Duplex } from 'node:stream';
@@ -79,7 +80,15 @@ function main(): void {
     // Change events of shared folders (docs/files.md): pins before containers start, then replays.
     'fs.pin': async (p: unknown) => {
       const out: Record<string, number> = {};
-      for (const path of pathsFrom(p)) {
+      const paths = pathsFrom(p);
+      // A folder of a cached share (cache=loose) that no container watched until now: the VM may
+      // hold names, sizes and pages from before that no change event refreshed. Clean caches
+      // are dropped (all of them: Linux has no per-folder drop) so the watch starts from what
+      // the host has now (docs/files.md "Caching").
+      if ((p as { dropCaches?: unknown }).dropCaches === true && paths.some((x) => !folders.isPinned(x))) {
+        fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+      }
+      for (const path of paths) {
         const r = await folders.pin(path);
         out[path] = r.pinned + r.files;
       }
@@ -96,9 +105,12 @@ function main(): void {
       return { total: folders.pinnedCount };
     },
     'fs.act': async (p: unknown) => {
-      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; path?: unknown; to?: unknown; written?: unknown };
-      if (!ACT_OPS.includes(o.op as ActOp) || !isAbsPath(o.path) || (o.to !== undefined && !isAbsPath(o.to))) throw Object.assign(new Error('fs.act needs {op, path[, to]} with absolute paths'), { code: 'USAGE' });
-      await folders.act({ op: o.op as ActOp, path: o.path as string, ...(o.to !== undefined ? { to: o.to as string } : {}), written: o.written === true });
+      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; path?: unknown; to?: unknown; size?: unknown };
+      const sizeOk = o.size === undefined || (Number.isSafeInteger(o.size) && (o.size as number) >= 0);
+      if (!ACT_OPS.includes(o.op as ActOp) || !isAbsPath(o.path) || (o.to !== undefined && !isAbsPath(o.to)) || !sizeOk) {
+        throw Object.assign(new Error('fs.act needs {op, path[, to][, size]} with absolute paths and a size that is a whole number of bytes'), { code: 'USAGE' });
+      }
+      await folders.act({ op: o.op as ActOp, path: o.path as string, ...(o.to !== undefined ? { to: o.to as string } : {}), ...(o.size !== undefined ? { size: o.size as number } : {}) });
       return {};
     },
     'engine.status': async () => engine.current,

@@ -15,7 +15,7 @@ import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.j
  * containers start, and what the actuator creates, before the actuator lets go of it.
  *
  * Actuator: every host change is replayed on the shared mount by a short-lived busybox process
- * running as ACTUATOR_UID (create, write one byte, unlink, rename, ...). The file server
+ * running as ACTUATOR_UID (create, truncate to the host's size, unlink, rename, ...). The file server
  * recognises that uid's requests (v9fs access=user attaches per uid), applies none of them (the
  * host already changed) and answers as if it had, so the guest kernel emits real inotify events
  * to every watcher. The process reaches the directory through a descriptor the agent (root) opened
@@ -106,6 +106,11 @@ export class SharedFolders {
     };
     await Promise.all(Array.from({ length: PIN_CONCURRENCY }, worker));
     return pinned;
+  }
+
+  /** Whether a container's request holds `root` pinned now. */
+  isPinned(root: string): boolean {
+    return this.roots.has(root);
   }
 
   /** Drops one request for `root`; its directories are closed when no pinned root covers them. */
@@ -214,15 +219,18 @@ function within(p: string, root: string): boolean {
 
 /** What the actuator's shell does; $1 and $2 are names in the directories on fds 3 and 4. */
 const SCRIPTS: Record<Exclude<ActOp, 'pin'>, string> = {
-  // noclobber: the create is O_CREAT|O_EXCL, so the guest emits IN_CREATE; with content ($2 set),
-  // one byte is written too (IN_MODIFY), as a host `echo hi > file` makes.
-  // The new file stays open on fd 5 until the agent has pinned it, like a new folder below.
-  create: 'set -C; exec 5> "/proc/self/fd/3/$1" || exit 1; if [ -n "$2" ]; then printf \'\\0\' >&5; fi; echo held; read _ || :',
+  // noclobber: the create is O_CREAT|O_EXCL, so the guest emits IN_CREATE; with content ($2, the
+  // host's size, not 0), a truncate to that size follows (IN_MODIFY), as a host `echo hi > file`
+  // makes. The new file stays open on fd 5 until the agent has pinned it, like a new folder below.
+  create: 'set -C; exec 5> "/proc/self/fd/3/$1" || exit 1; if [ "${2:-0}" != 0 ]; then truncate -s "$2" /proc/self/fd/5 || exit 1; fi; echo held; read _ || :',
   // The new folder is held as the working directory until the agent has pinned it (a line on
   // stdout says it is held; the agent then closes stdin). Why: see SharedFolders.act.
   mkdir: 'mkdir "/proc/self/fd/3/$1" && cd "/proc/self/fd/3/$1" && echo held && { read _ || :; }',
-  // One byte written without truncating: IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE.
-  modify: "printf '\\0' 1<> \"/proc/self/fd/3/$1\"",
+  // A truncate to the host's size (IN_MODIFY; a cached share takes the size from it), then an
+  // open for writing that writes nothing and drops the file's cached pages (coreutils dd,
+  // oflag=nocache with count=0 is posix_fadvise DONTNEED on the whole file), then the close
+  // (IN_OPEN, IN_CLOSE_WRITE). Nothing reaches the host: the server fakes all of it.
+  modify: 'truncate -s "$2" "/proc/self/fd/3/$1" && exec /usr/bin/dd of="/proc/self/fd/3/$1" oflag=nocache conv=notrunc,nocreat count=0 status=none',
   delete: 'unlink "/proc/self/fd/3/$1"',
   rmdir: 'rmdir "/proc/self/fd/3/$1"',
   rename: 'mv -f "/proc/self/fd/3/$1" "/proc/self/fd/4/$2"',
@@ -242,7 +250,7 @@ function openDir(dir: string): number {
 
 /** Runs one of SCRIPTS with the directories `fds` (of the path, then of `to`) at fds 3 and 4. */
 function runActuator(script: string, req: ActRequest, fds: number[], onHeld: (pid: number) => void): Promise<void> {
-  const second = req.to ? [path.basename(req.to)] : req.written ? ['written'] : [];
+  const second = req.to ? [path.basename(req.to)] : req.size !== undefined ? [String(req.size)] : [];
   const args = ['sh', '-c', script, 'actuator', path.basename(req.path), ...second];
   return new Promise<void>((resolve, reject) => {
     const child = spawn('/bin/busybox', args, { uid: ACTUATOR_UID, gid: ACTUATOR_UID, stdio: ['pipe', 'pipe', 'pipe', ...fds], cwd: '/' });

@@ -18,8 +18,12 @@ export interface ActRequest {
   path: string;
   /** The new path of a rename. */
   to?: string;
-  /** A create of a file that already has content: the guest also emits IN_MODIFY. */
-  written?: boolean;
+  /**
+   * create, modify: the file's size on the host now. The actuator sets it in the guest (a faked
+   * truncate, IN_MODIFY), so a cached share (cache=loose, which never takes sizes from the
+   * server) has it right.
+   */
+  size?: number;
 }
 
 export const ACT_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename', 'pin'];

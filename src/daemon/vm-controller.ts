@@ -494,7 +494,9 @@ export class VmController extends EventEmitter {
         shares: () => files.shares.map((s) => s.path),
         inspect: (id) => dockerJson(() => session.openDocker(), 'GET', `/containers/${encodeURIComponent(id)}/json`),
         pin: async (paths) => {
-          await session.rpc('fs.pin', { paths }, 60_000);
+          // A cached share: the VM may have cached these folders while nobody watched them.
+          const dropCaches = paths.some((p) => files.shares.some((s) => s.cache && (p === s.path || p.startsWith(`${s.path.replace(/\/+$/, '')}/`))));
+          await session.rpc('fs.pin', { paths, dropCaches }, 60_000);
         },
         unpin: async (paths) => {
           await session.rpc('fs.unpin', { paths }, 15_000);

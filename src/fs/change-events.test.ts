@@ -107,12 +107,12 @@ test('hooks carry the actuator uid', async (t) => {
   assert.equal(s.ce.hooks.view(s.share, s.comps('nothing')), undefined);
 });
 
-test('a new file: create, written when it has content', async (t) => {
+test('a new file: create, with its size', async (t) => {
   const s = await setup(t);
   fs.writeFileSync(s.h('full.txt'), 'content');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('full.txt'), written: true }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('full.txt'), size: 7 }]);
   fs.writeFileSync(s.h('empty.txt'), '');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('empty.txt') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('empty.txt'), size: 0 }]);
 });
 
 test('a folder that appears with content (cp -r): mkdir, then its entries, shallowest first, each once', async (t) => {
@@ -125,10 +125,10 @@ test('a folder that appears with content (cp -r): mkdir, then its entries, shall
   fs.cpSync(src, s.h('copy'), { recursive: true });
   assert.deepEqual(await requests(s, 5), [
     { op: 'mkdir', path: s.g('copy') },
-    { op: 'create', path: s.g('copy', 'a.txt'), written: true },
-    { op: 'create', path: s.g('copy', 'empty') },
+    { op: 'create', path: s.g('copy', 'a.txt'), size: 1 },
+    { op: 'create', path: s.g('copy', 'empty'), size: 0 },
     { op: 'mkdir', path: s.g('copy', 'sub') },
-    { op: 'create', path: s.g('copy', 'sub', 'z'), written: true },
+    { op: 'create', path: s.g('copy', 'sub', 'z'), size: 1 },
   ]);
 });
 
@@ -141,13 +141,13 @@ test('mkdir -p a/b, then a file in it: no duplicates although a/b is both an eve
   ]);
   // The new folders are followed: a later file inside them is one create.
   fs.writeFileSync(s.h('a', 'b', 'f'), 'x');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('a', 'b', 'f'), written: true }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('a', 'b', 'f'), size: 1 }]);
 });
 
 test('an append to an existing file: modify', async (t) => {
   const s = await setup(t, (w) => fs.writeFileSync(path.join(w, 'log'), 'one\n'));
   fs.appendFileSync(s.h('log'), 'two\n');
-  assert.deepEqual(await requests(s, 1), [{ op: 'modify', path: s.g('log') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'modify', path: s.g('log'), size: 8 }]);
 });
 
 test('a deleted file: delete; a removed empty folder: rmdir', async (t) => {
@@ -191,7 +191,7 @@ test('a renamed folder: one rename; later changes inside it use the new path', a
   const got = await requests(s, 1);
   assert.deepEqual(got[0], { op: 'rename', path: s.g('old'), to: s.g('new') });
   fs.appendFileSync(s.h('new', 'x'), '2');
-  assert.deepEqual(await requests(s, 1), [{ op: 'modify', path: s.g('new', 'x') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'modify', path: s.g('new', 'x'), size: 2 }]);
   fs.unlinkSync(s.h('new', 'x'));
   assert.deepEqual(await requests(s, 1), [{ op: 'delete', path: s.g('new', 'x') }]);
 });
@@ -205,7 +205,7 @@ test('a renamed folder with content: no create for the entries it carries (Node 
   fs.renameSync(s.h('old'), s.h('new'));
   assert.deepEqual(await requests(s, 1), [{ op: 'rename', path: s.g('old'), to: s.g('new') }]);
   fs.appendFileSync(s.h('new', 'deep', 'y'), '2');
-  assert.deepEqual(await requests(s, 1), [{ op: 'modify', path: s.g('new', 'deep', 'y') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'modify', path: s.g('new', 'deep', 'y'), size: 2 }]);
 });
 
 test('a folder renamed, then a file in it appended to, in one burst: rename, then modify', async (t) => {
@@ -217,7 +217,7 @@ test('a folder renamed, then a file in it appended to, in one burst: rename, the
   fs.appendFileSync(s.h('new', 'x'), '2');
   assert.deepEqual(await requests(s, 2, 400), [
     { op: 'rename', path: s.g('old'), to: s.g('new') },
-    { op: 'modify', path: s.g('new', 'x') },
+    { op: 'modify', path: s.g('new', 'x'), size: 2 },
   ]);
 });
 
@@ -254,7 +254,7 @@ test('a folder moved in from outside the watched folder: mkdir and its entries, 
   fs.renameSync(path.join(s.other, 'tree'), s.h('tree'));
   assert.deepEqual(await requests(s, 2), [
     { op: 'mkdir', path: s.g('tree') },
-    { op: 'create', path: s.g('tree', 'f'), written: true },
+    { op: 'create', path: s.g('tree', 'f'), size: 1 },
   ]);
 });
 
@@ -285,7 +285,7 @@ test("echoes: the guest's own changes are not replayed; a folder the guest made 
   s.ce.guestChanged(s.share, s.comps('mine2.txt'));
   fs.writeFileSync(s.h('mine2.txt'), '');
   fs.writeFileSync(s.h('host.txt'), '');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('host.txt') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('host.txt'), size: 0 }]);
 });
 
 test('changes outside the watched folder, and roots outside every share, produce nothing', async (t) => {
@@ -306,7 +306,7 @@ test('setRoots([]) stops requests; setting the root again resumes them', async (
   s.ce.setRoots([s.watched]);
   await sleep(30);
   fs.writeFileSync(s.h('seen'), '');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('seen') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('seen'), size: 0 }]);
 });
 
 test('a failing actuate does not stop later requests (same burst or later)', async (t) => {
@@ -322,7 +322,7 @@ test('a failing actuate does not stop later requests (same burst or later)', asy
     [s.g('fail'), s.g('fine')].sort(),
   );
   fs.writeFileSync(s.h('later'), '');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('later') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('later'), size: 0 }]);
 });
 
 test('hooks.view during a replay: delete sees the old inode, create sees nothing; cleared afterwards', async (t) => {
@@ -345,7 +345,7 @@ test('hooks.view during a replay: delete sees the old inode, create sees nothing
   assert.equal(s.ce.hooks.view(s.share, s.comps('doomed')), undefined, 'cleared after the request');
 
   fs.writeFileSync(s.h('fresh'), '');
-  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('fresh') }]);
+  assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('fresh'), size: 0 }]);
   assert.deepEqual(seen.create, { absent: true });
   assert.equal(s.ce.hooks.view(s.share, s.comps('fresh')), undefined);
 });
@@ -422,8 +422,8 @@ test('a replay waits for the previous one: requests are sent one at a time, in o
   await sleep(80);
   fs.writeFileSync(s.h('two'), '');
   assert.deepEqual(await requests(s, 2), [
-    { op: 'create', path: s.g('one') },
-    { op: 'create', path: s.g('two') },
+    { op: 'create', path: s.g('one'), size: 0 },
+    { op: 'create', path: s.g('two'), size: 0 },
   ]);
   assert.equal(most, 1);
 });

@@ -35,7 +35,8 @@ interface Root {
   watcher: fs.FSWatcher | undefined;
 }
 
-type Op = { op: ActOp; share: Share; rel: string[]; to?: string[]; before?: Entry; written?: boolean };
+/** `size`: create and modify, the host's size now (ActRequest.size). */
+type Op = { op: ActOp; share: Share; rel: string[]; to?: string[]; before?: Entry; size?: bigint };
 
 export class ChangeEvents {
   readonly hooks: ActuatorHooks;
@@ -185,7 +186,7 @@ export class ChangeEvents {
       }
       if (before && (!after || after.ino !== before.ino || after.dev !== before.dev)) vanished.push({ op: before.dir ? 'rmdir' : 'delete', share, rel, before });
       if (after && (!before || after.ino !== before.ino || after.dev !== before.dev)) appeared.push({ share, rel, now: after });
-      else if (after && before && !after.dir && (after.size !== before.size || after.mtimeNs !== before.mtimeNs)) modified.push({ op: 'modify', share, rel });
+      else if (after && before && !after.dir && (after.size !== before.size || after.mtimeNs !== before.mtimeNs)) modified.push({ op: 'modify', share, rel, size: after.size });
     }
     const ops: Op[] = [];
     // A name that vanished and one that appeared with the same inode: a rename.
@@ -235,7 +236,7 @@ export class ChangeEvents {
       ops.push(op);
     };
     for (const a of appeared) {
-      create({ op: a.now.dir ? 'mkdir' : 'create', share: a.share, rel: a.rel, written: !a.now.dir && a.now.size > 0n });
+      create(a.now.dir ? { op: 'mkdir', share: a.share, rel: a.rel } : { op: 'create', share: a.share, rel: a.rel, size: a.now.size });
       // A folder created with its contents (cp -r, git checkout): its entries appear too.
       if (a.now.dir) for (const child of this.children(a.share, a.rel)) create(child);
     }
@@ -297,7 +298,7 @@ export class ChangeEvents {
       const st = this.lstat(share, r);
       if (!st) continue;
       this.snapshot.set(key(share, r), st);
-      out.push({ op: st.dir ? 'mkdir' : 'create', share, rel: r, written: !st.dir && st.size > 0n });
+      out.push(st.dir ? { op: 'mkdir', share, rel: r } : { op: 'create', share, rel: r, size: st.size });
       if (st.dir) out.push(...this.children(share, r));
     }
     return out;
@@ -335,7 +336,7 @@ export class ChangeEvents {
     if (o.op === 'rename' && o.to) set(o.to, { absent: true });
     const guest = (rel: string[]) => path.posix.join(o.share.spec.path, ...rel);
     try {
-      await this.actuate({ op: o.op, path: guest(o.rel), ...(o.to ? { to: guest(o.to) } : {}), ...(o.written ? { written: true } : {}) });
+      await this.actuate({ op: o.op, path: guest(o.rel), ...(o.to ? { to: guest(o.to) } : {}), ...(o.size !== undefined ? { size: Number(o.size) } : {}) });
     } catch (err) {
       this.log('debug', 'a host change was not replayed in the guest', { op: o.op, path: guest(o.rel), err: (err as Error).message });
     } finally {

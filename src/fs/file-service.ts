@@ -39,17 +39,18 @@ export function planShares(settings: readonly ShareSetting[]): SharePlan {
       skipped.push(`Shared folder ${s.path} does not exist on this host (or is not a folder); it is not shared. Change the "shares" setting to remove it.`);
       continue;
     }
-    shares.push({ id: `s${shares.length}`, path: s.path, readOnly: s.readOnly ?? false });
+    shares.push({ id: `s${shares.length}`, path: s.path, readOnly: s.readOnly ?? false, cache: s.cache ?? false });
   }
   return { shares, skipped };
 }
 
 /**
  * The fw_cfg file the guest's init reads: the token on the first line, then one share per line,
- * "id<TAB>ro|rw<TAB>path". Settings validation keeps tabs and newlines out of paths.
+ * "id<TAB>ro|rw<TAB>none|loose<TAB>path" (the third field is the v9fs cache mode). Settings
+ * validation keeps tabs and newlines out of paths.
  */
 export function guestShareConfig(token: string, shares: readonly ShareSpec[]): string {
-  return [token, ...shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.path}`)].join('\n') + '\n';
+  return [token, ...shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.cache ? 'loose' : 'none'}\t${s.path}`)].join('\n') + '\n';
 }
 
 export class FileService {

@@ -17,6 +17,8 @@ export interface ShareSpec {
   /** The host folder as the user named it (the guest mounts it at this path). */
   path: string;
   readOnly: boolean;
+  /** The guest caches this share (cache=loose), kept fresh by change events (docs/files.md "Caching"). */
+  cache?: boolean;
 }
 
 export const MAX_NAME = 255;

@@ -41,6 +41,13 @@ test('invalid values name the key and the accepted range', () => {
   assert.throws(() => validateSettings([], 'f'), /JSON object/);
 });
 
+test('shares: readOnly and cache are true or false; other keys are refused', () => {
+  const s = validateSettings({ shares: [{ path: '/home/me', cache: true }, { path: '/data', readOnly: true, cache: false }] }, 'f');
+  assert.deepEqual(s.shares, [{ path: '/home/me', cache: true }, { path: '/data', readOnly: true, cache: false }]);
+  assert.throws(() => validateSettings({ shares: [{ path: '/home/me', cache: 'yes' }] }, 'f'), /cache must be true or false/);
+  assert.throws(() => validateSettings({ shares: [{ path: '/home/me', caching: true }] }, 'f'), /unknown key/);
+});
+
 test('set writes the value, keeps other keys, and refuses invalid ones without writing', async () => {
   const f = tmpFile('{"cpus": 1}');
   await setSetting(f, 'memoryMiB', '1024');

@@ -43,6 +43,11 @@ export interface Settings {
 export interface ShareSetting {
   path: string;
   readOnly?: boolean;
+  /**
+   * The VM caches names, attributes and file contents of this share (v9fs cache=loose), kept
+   * fresh by the change events (docs/files.md "Caching"). Off by default.
+   */
+  cache?: boolean;
 }
 
 export const SETTING_KEYS = [
@@ -123,14 +128,15 @@ const RULES: Record<SettingKey, Rule> = {
 const VM_OWN_PATHS = ['/proc', '/sys', '/dev', '/run', '/var/run', '/var/lib/docker', '/var/lib/containerd', '/usr', '/etc', '/bin', '/sbin', '/lib', '/lib64', '/boot', '/mnt/data'];
 
 function sharesProblem(v: unknown): string | undefined {
-  const what = 'a list of at most 32 folders like [{"path": "/home/me"}, {"path": "/data", "readOnly": true}]: absolute paths, not "/" and not a system folder of the VM (/usr, /etc, /var/lib/docker, ...)';
+  const what = 'a list of at most 32 folders like [{"path": "/home/me", "cache": true}, {"path": "/data", "readOnly": true}]: absolute paths, not "/" and not a system folder of the VM (/usr, /etc, /var/lib/docker, ...)';
   if (!Array.isArray(v) || v.length > 32) return what;
   for (const e of v) {
     if (!e || typeof e !== 'object' || Array.isArray(e)) return what;
     const o = e as Record<string, unknown>;
-    if (Object.keys(o).some((k) => k !== 'path' && k !== 'readOnly')) return `${what} (unknown key in ${JSON.stringify(e)})`;
+    if (Object.keys(o).some((k) => k !== 'path' && k !== 'readOnly' && k !== 'cache')) return `${what} (unknown key in ${JSON.stringify(e)})`;
     if (typeof o.path !== 'string' || !path.isAbsolute(o.path) || /[\0\t\n]/.test(o.path)) return `${what} (${JSON.stringify(o.path)} is not an absolute path without tabs or newlines)`;
     if (o.readOnly !== undefined && typeof o.readOnly !== 'boolean') return `${what} (readOnly must be true or false)`;
+    if (o.cache !== undefined && typeof o.cache !== 'boolean') return `${what} (cache must be true or false)`;
     const p = path.posix.normalize(o.path).replace(/(.)\/+$/, '$1');
     if (p === '/' || VM_OWN_PATHS.some((vm) => p === vm || p.startsWith(`${vm}/`) || vm.startsWith(`${p}/`))) return `${what} (${p} would hide part of the VM)`;
   }

@@ -13,7 +13,7 @@ import { debianImageTar } from './images.js';
  * read-only share; inotify events in a container for host-side changes (inotifywait from
  * Debian's inotify-tools), without echoes of the container's own changes; the file server's
  * port unreachable from containers; data and mounts after `berth stop`/`start`; a share that
- * no longer exists skipped with a warning.
+ * no longer exists skipped with a warning; a cached share kept fresh by change events.
  *
  * The shares are folders of this test (settings.json written before the first start), so
  * nothing outside them is exposed.
@@ -68,6 +68,8 @@ describe('files', { timeout: 1_200_000 }, () => {
   /** A read-write share and a read-only one, both folders of this test. */
   let share: string;
   let ro: string;
+  /** A share the VM caches ("cache": true, docs/files.md "Caching"). */
+  let cached: string;
   const started = new Set<string>();
 
   const docker = async (args: string[]) => {
@@ -81,11 +83,13 @@ describe('files', { timeout: 1_200_000 }, () => {
     base = fs.mkdtempSync(path.join('/tmp', `be2e-files-data-`));
     share = path.join(base, 'share');
     ro = path.join(base, 'ro');
+    cached = path.join(base, 'cached');
     fs.mkdirSync(share);
     fs.mkdirSync(ro);
+    fs.mkdirSync(cached);
     fs.writeFileSync(path.join(ro, 'readme.txt'), 'read only\n');
     b = newInstance('files');
-    fs.writeFileSync(path.join(b.home, 'settings.json'), JSON.stringify({ shares: [{ path: share }, { path: ro, readOnly: true }] }));
+    fs.writeFileSync(path.join(b.home, 'settings.json'), JSON.stringify({ shares: [{ path: share }, { path: ro, readOnly: true }, { path: cached, cache: true }] }));
     const r = await b.berth(['start']);
     assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);
     const imp = await b.docker(['import', '-', IMAGE], { input: await debianImageTar(['inotify-tools']) });
@@ -254,6 +258,59 @@ describe('files', { timeout: 1_200_000 }, () => {
     assert.equal(fs.readFileSync(p('inside2.txt'), 'utf8'), 'inside\n');
     await docker(['rm', '-f', 'watcher']);
     started.delete('watcher');
+  });
+
+  test('a cached share: each host edit is seen once its event arrived; the container\'s writes reach the host on write-back (within 3 s); a folder changed while unwatched is fresh for the next container', async (t) => {
+    const mounts = await b.berth(['shell', '--', 'cat', '/proc/mounts']);
+    const line = mounts.stdout.split('\n').find((l) => l.split(' ')[1] === cached);
+    // Linux 6.1 shows cache=loose as the bare option "loose".
+    assert.match(line ?? '', /[ ,]loose,/, `the cached share is not mounted with cache=loose:\n${mounts.stdout}`);
+    const dir = path.join(cached, 'proj');
+    fs.mkdirSync(dir);
+    const f = path.join(dir, 'f.txt');
+    fs.writeFileSync(f, 'one\n');
+    started.add('cwatch');
+    await docker(['run', '-d', '--name', 'cwatch', '-v', `${dir}:/p`, IMAGE, 'inotifywait', '-m', '--format', '%e %w%f', '/p']);
+    const logs = new LogFollower(await b.dockerHost(), b.env, ['logs', '-f', 'cwatch']);
+    t.after(() => logs.stop());
+    await logs.waitFor('Watches established.', 30_000);
+    const cat = async (name: string) => (await b.docker(['exec', 'cwatch', 'cat', `/p/${name}`])).stdout;
+    // The VM caches the content, and that later.txt does not exist.
+    assert.equal(await cat('f.txt'), 'one\n');
+    assert.equal(await cat('later.txt'), '');
+    const edit = async (change: () => void, event: string) => {
+      const from = logs.lines.length;
+      change();
+      await logs.waitFor(event, 10_000, from);
+      await sleep(300); // the burst's other replays
+    };
+    for (const content of ['two\n', 'three three\n', '4\n']) {
+      // Same size, longer, shorter: the cached size and pages follow each.
+      await edit(() => fs.writeFileSync(f, content), 'CLOSE_WRITE,CLOSE /p/f.txt');
+      assert.equal(await cat('f.txt'), content);
+    }
+    await edit(() => fs.appendFileSync(f, 'appended\n'), 'CLOSE_WRITE,CLOSE /p/f.txt');
+    assert.equal(await cat('f.txt'), '4\nappended\n');
+    await edit(() => fs.writeFileSync(path.join(dir, 'later.txt'), 'late\n'), 'CREATE /p/later.txt');
+    assert.equal(await cat('later.txt'), 'late\n');
+    await edit(() => fs.unlinkSync(path.join(dir, 'later.txt')), 'DELETE /p/later.txt');
+    assert.equal((await b.docker(['exec', 'cwatch', 'sh', '-c', 'test -e /p/later.txt && echo present || echo absent'])).stdout, 'absent\n');
+
+    // The container's writes go to the page cache, then to the host within about a second.
+    const t0 = performance.now();
+    await docker(['exec', 'cwatch', 'sh', '-c', 'echo from-container > /p/c.txt']);
+    while (!(fs.existsSync(path.join(dir, 'c.txt')) && fs.readFileSync(path.join(dir, 'c.txt'), 'utf8') === 'from-container\n')) {
+      assert.ok(performance.now() - t0 < 3000, 'the container\'s write did not reach the host within 3 s');
+      await sleep(50);
+    }
+    t.diagnostic(`a container's write reached the host ${Math.round(performance.now() - t0)} ms after docker exec began`);
+    await docker(['rm', '-f', 'cwatch']);
+    started.delete('cwatch');
+
+    // Changed while no container watched: no event refreshed the VM's cache, so the next
+    // container's start drops it.
+    fs.writeFileSync(f, 'five\n');
+    assert.equal(await runRm('-v', `${dir}:/p`, IMAGE, 'cat', '/p/f.txt'), 'five\n');
   });
 
   test('containers cannot reach the file server: the gateway\'s 9P port drops their connections', async () => {
