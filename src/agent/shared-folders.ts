@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
 import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
+import { isWithin } from '../util/paths.js';
 
 /**
  * The guest side of change events (docs/files.md "Change events").
@@ -122,8 +123,8 @@ export class SharedFolders {
     }
     this.roots.delete(root);
     for (const [dir, fd] of this.pins) {
-      if (!within(dir, root)) continue;
-      if ([...this.roots.keys()].some((r) => within(dir, r))) continue;
+      if (!isWithin(dir, root)) continue;
+      if ([...this.roots.keys()].some((r) => isWithin(dir, r))) continue;
       fs.closeSync(fd);
       this.pins.delete(dir);
     }
@@ -182,7 +183,7 @@ export class SharedFolders {
   }
 
   private covered(p: string): boolean {
-    return [...this.roots.keys()].some((root) => within(p, root));
+    return [...this.roots.keys()].some((root) => isWithin(p, root));
   }
 
   close(): void {
@@ -193,9 +194,9 @@ export class SharedFolders {
 
   private move(from: string, to: string, keep: boolean): void {
     // A rename over an existing name (mv -f) replaced it: its pins go.
-    if (!within(from, to)) this.forget(to);
+    if (!isWithin(from, to)) this.forget(to);
     for (const [p, fd] of [...this.pins]) {
-      if (!within(p, from)) continue;
+      if (!isWithin(p, from)) continue;
       this.pins.delete(p);
       if (keep) this.pins.set(to + p.slice(from.length), fd);
       else fs.closeSync(fd);
@@ -205,16 +206,12 @@ export class SharedFolders {
   /** Closes pins of a directory that went away (and everything under it). */
   private forget(dir: string): void {
     for (const [p, fd] of this.pins) {
-      if (within(p, dir)) {
+      if (isWithin(p, dir)) {
         fs.closeSync(fd);
         this.pins.delete(p);
       }
     }
   }
-}
-
-function within(p: string, root: string): boolean {
-  return p === root || p.startsWith(root.endsWith('/') ? root : `${root}/`);
 }
 
 /** What the actuator's shell does; $1 and $2 are names in the directories on fds 3 and 4. */

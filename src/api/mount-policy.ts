@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { isWithin } from '../util/paths.js';
 
 /**
  * Which host paths a container may bind-mount (docs/files.md "Mount checks"). Only folders inside
@@ -35,8 +36,7 @@ export function checkHostPath(p: string, where: string, policy: MountPolicy): De
   const norm = path.posix.normalize(p).replace(/(.)\/+$/, '$1');
   if (policy.vmPaths.includes(norm)) return OK;
   for (const s of policy.shares) {
-    const root = path.posix.normalize(s.path).replace(/(.)\/+$/, '$1');
-    if (norm === root || norm.startsWith(root === '/' ? '/' : `${root}/`)) return OK;
+    if (isWithin(norm, path.posix.normalize(s.path))) return OK;
   }
   return { ok: false, path: norm, where, reason: 'it is not inside a shared folder' };
 }

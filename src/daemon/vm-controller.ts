@@ -30,6 +30,7 @@ import { MountTracker } from '../fs/mount-tracker.js';
 import { dockerJson } from '../ports/docker-api.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
+import { isWithin } from '../util/paths.js';
 
 /**
  * Owns the VM of one berth home: the lifecycle state machine
@@ -495,7 +496,7 @@ export class VmController extends EventEmitter {
         inspect: (id) => dockerJson(() => session.openDocker(), 'GET', `/containers/${encodeURIComponent(id)}/json`),
         pin: async (paths) => {
           // A cached share: the VM may have cached these folders while nobody watched them.
-          const dropCaches = paths.some((p) => files.shares.some((s) => s.cache && (p === s.path || p.startsWith(`${s.path.replace(/\/+$/, '')}/`))));
+          const dropCaches = paths.some((p) => files.shares.some((s) => s.cache && isWithin(p, s.path)));
           await session.rpc('fs.pin', { paths, dropCaches }, 60_000);
         },
         unpin: async (paths) => {

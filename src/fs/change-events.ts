@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { ActuatorHooks, GoneEntry } from './p9-session.js';
 import type { Share } from './share.js';
 import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
+import { isWithin } from '../util/paths.js';
 
 /**
  * Host changes in bind-mounted shared folders, replayed in the guest (docs/files.md "Change
@@ -119,8 +120,7 @@ export class ChangeEvents {
 
   private locate(guestPath: string): { share: Share; rel: string[] } | undefined {
     for (const share of this.shares) {
-      const base = share.spec.path.replace(/\/+$/, '');
-      if (guestPath === base || guestPath.startsWith(`${base}/`)) return { share, rel: guestPath.slice(base.length).split('/').filter(Boolean) };
+      if (isWithin(guestPath, share.spec.path)) return { share, rel: guestPath.slice(share.spec.path.replace(/\/+$/, '').length).split('/').filter(Boolean) };
     }
     return undefined;
   }

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
 import { isRunning } from '../ports/docker-api.js';
+import { isWithin } from '../util/paths.js';
 
 /**
  * Which shared folders containers have bind-mounted, so their host changes are followed and
@@ -108,14 +109,14 @@ export class MountTracker {
     if (!inspect || typeof inspect !== 'object') return [];
     const mounts = (inspect as { Mounts?: unknown }).Mounts;
     if (!Array.isArray(mounts)) return [];
-    const shares = this.d.shares().map((s) => s.replace(/(.)\/+$/, '$1'));
+    const shares = this.d.shares();
     const out = new Set<string>();
     for (const m of mounts.slice(0, 256)) {
       if (!m || typeof m !== 'object') continue;
       const { Type, Source } = m as { Type?: unknown; Source?: unknown };
       if (Type !== 'bind' || typeof Source !== 'string' || !path.isAbsolute(Source)) continue;
       const src = path.posix.normalize(Source);
-      if (shares.some((s) => src === s || src.startsWith(s.endsWith('/') ? s : `${s}/`))) out.add(src);
+      if (shares.some((s) => isWithin(src, s))) out.add(src);
     }
     return [...out].sort();
   }
