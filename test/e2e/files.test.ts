@@ -333,10 +333,15 @@ describe('files', { timeout: 1_200_000 }, () => {
     assert.equal(fs.readFileSync(path.join(dir, 'after.txt'), 'utf8'), 'after\n');
   });
 
-  test('data written in a container survives berth stop/start; a share that no longer exists is skipped with a warning', async () => {
+  test('data written in a container survives berth stop/start; a share that no longer exists is skipped with a warning; a --restart always container finds its share mounted when the engine restarts it', async () => {
     const dir = path.join(share, 'persist');
     fs.mkdirSync(dir);
     await runRm('-v', `${dir}:/src`, IMAGE, 'sh', '-c', `echo kept ${tag} > /src/kept.txt && sync`);
+    // dockerd restarts this container while the VM boots; the shares are mounted in parallel with
+    // the engine's start-up, and containerd is held back until they are (guest init).
+    const always = `files-always-${tag}`;
+    await docker(['run', '-d', '--name', always, '--restart', 'always', '-v', `${dir}:/src`, IMAGE, 'sh', '-c', 'cat /src/kept.txt || echo MISSING; exec sleep 1000000']);
+    started.add(always);
     const stop = await b.berth(['stop']);
     assert.equal(stop.code, 0, stop.stderr);
     const gone = path.join(base, 'gone');
@@ -346,5 +351,12 @@ describe('files', { timeout: 1_200_000 }, () => {
     assert.ok(`${start.stdout}${start.stderr}`.includes(gone), `no warning about ${gone}:\n${start.stdout}\n${start.stderr}`);
     assert.equal(fs.readFileSync(path.join(dir, 'kept.txt'), 'utf8'), `kept ${tag}\n`);
     assert.equal(await runRm('-v', `${dir}:/src`, IMAGE, 'cat', '/src/kept.txt'), `kept ${tag}\n`);
+    // Both runs of the restarted container read the file: before the stop and after the start.
+    let logs = '';
+    for (let i = 0; i < 50 && logs.split('\n').filter((l) => l === `kept ${tag}`).length < 2; i++) {
+      if (i > 0) await sleep(200);
+      logs = await docker(['logs', always]);
+    }
+    assert.equal(logs, `kept ${tag}\nkept ${tag}\n`, 'the container restarted at boot did not read its bind mount');
   });
 });
