@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { DockerProxy } from './docker-proxy.js';
+import { DockerProxy, type BeforeRun } from './docker-proxy.js';
 import { DEFAULT_VM_PATHS } from './mount-policy.js';
 import { silentLogger } from '../util/log.js';
 
@@ -12,7 +12,8 @@ import { silentLogger } from '../util/log.js';
  * The HTTP-aware Docker socket against a fake engine on a Unix socket: everything it does not
  * refuse reaches the engine byte for byte; container creates with a mount outside the shares are
  * answered 400 by the proxy and never reach the engine; a successful hijack turns the connection
- * into raw bytes, a refused one keeps checking later requests.
+ * into raw bytes, a refused one keeps checking later requests; container and exec starts wait for
+ * the before-run hook.
  */
 
 interface Engine {
@@ -22,7 +23,7 @@ interface Engine {
   sockets: net.Socket[];
 }
 
-async function setup(t: TestContext, reply: Engine['reply'], beforeStart?: (id: string) => Promise<void>): Promise<{ engine: Engine; connect: () => Promise<net.Socket> }> {
+async function setup(t: TestContext, reply: Engine['reply'], beforeRun?: BeforeRun): Promise<{ engine: Engine; connect: () => Promise<net.Socket> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-proxy-'));
   const enginePath = path.join(dir, 'engine.sock');
   const proxyPath = path.join(dir, 'docker.sock');
@@ -36,7 +37,7 @@ async function setup(t: TestContext, reply: Engine['reply'], beforeStart?: (id: 
     });
   });
   await new Promise<void>((r) => srv.listen(enginePath, () => r()));
-  const proxy = new DockerProxy(proxyPath, async () => net.connect(enginePath), silentLogger, () => ({ shares: [{ path: '/home/me', readOnly: false }], vmPaths: DEFAULT_VM_PATHS }), beforeStart);
+  const proxy = new DockerProxy(proxyPath, async () => net.connect(enginePath), silentLogger, () => ({ shares: [{ path: '/home/me', readOnly: false }], vmPaths: DEFAULT_VM_PATHS }), beforeRun);
   await proxy.listen();
   t.after(async () => {
     await proxy.close();
@@ -194,7 +195,7 @@ test('malformed requests are refused: repeated Content-Length, both framings, ba
   assert.equal(engine.received().length, 0);
 });
 
-test('a container start is held until the before-start hook is done, then sent on unchanged with what followed it', async (t) => {
+test('a container start is held until the before-run hook is done, then sent on unchanged with what followed it', async (t) => {
   let release!: () => void;
   const hooked: string[] = [];
   const { engine, connect } = await setup(
@@ -204,8 +205,8 @@ test('a container start is held until the before-start hook is done, then sent o
       for (let i = (s as net.Socket & { answered?: number }).answered ?? 0; i < requests; i++) s.write(OK);
       (s as net.Socket & { answered?: number }).answered = requests;
     },
-    (id) => {
-      hooked.push(id);
+    (run) => {
+      hooked.push(`${run.kind} ${run.id}`);
       return new Promise<void>((r) => (release = r));
     },
   );
@@ -214,7 +215,7 @@ test('a container start is held until the before-start hook is done, then sent o
   const next = request('GET', '/v1.43/containers/abc/json');
   c.write(start + next);
   await sleep(200);
-  assert.deepEqual(hooked, ['abc/def']);
+  assert.deepEqual(hooked, ['start abc/def']);
   assert.equal(engine.received().length, 0, 'the start waits for the hook');
   release();
   await readUntil(c, /\{\}HTTP[^]*\{\}$/);
@@ -222,7 +223,46 @@ test('a container start is held until the before-start hook is done, then sent o
   c.destroy();
 });
 
-test('a failing before-start hook does not block the start', async (t) => {
+test('an exec start is held until the before-run hook is done, then hijacks as usual', async (t) => {
+  let release!: () => void;
+  const hooked: string[] = [];
+  const { engine, connect } = await setup(
+    t,
+    (s) => {
+      s.write('HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nexec output');
+    },
+    (run) => {
+      hooked.push(`${run.kind} ${run.id}`);
+      return new Promise<void>((r) => (release = r));
+    },
+  );
+  const c = await connect();
+  const start = request('POST', '/v1.41/exec/e1/start', JSON.stringify({ Detach: false, Tty: false }), ['Connection: Upgrade', 'Upgrade: tcp']);
+  const stdin = 'GET /not/a/request HTTP/1.1\r\n\r\n';
+  c.write(start + stdin);
+  await sleep(200);
+  assert.deepEqual(hooked, ['exec e1']);
+  assert.equal(engine.received().length, 0, 'the exec start waits for the hook');
+  release();
+  await readUntil(c, /exec output/);
+  await sleep(100);
+  assert.equal(engine.received().toString(), start + stdin, 'the stdin that followed passes unchanged once hijacked');
+  c.destroy();
+});
+
+test('a start whose id is a malformed %-escape is passed to the engine without the hook', async (t) => {
+  const hooked: string[] = [];
+  const { engine, connect } = await setup(t, (s) => s.write(OK), async (run) => void hooked.push(run.id));
+  const c = await connect();
+  const start = request('POST', '/containers/%E0%A4%A/start', '');
+  c.write(start);
+  await readUntil(c, /\{\}$/);
+  assert.equal(engine.received().toString(), start);
+  assert.deepEqual(hooked, []);
+  c.destroy();
+});
+
+test('a failing before-run hook does not block the start', async (t) => {
   const { engine, connect } = await setup(t, (s) => s.write(OK), () => Promise.reject(new Error('agent gone')));
   const c = await connect();
   const start = request('POST', '/containers/x/start', '');

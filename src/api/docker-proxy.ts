@@ -21,11 +21,22 @@ import { checkContainerCreate, checkServiceSpec, checkVolumeCreate, refusalMessa
  */
 export type StreamOpener = () => Promise<Duplex>;
 
-/** Called before a container starts (POST /containers/{id}/start is held until it resolves). */
-export type BeforeStart = (containerId: string) => Promise<void>;
+/** A request that runs something in a container: a container start, or an exec start. */
+export interface HeldRun {
+  kind: 'start' | 'exec';
+  /** The container id or name (start), or the exec id (exec), as the client sent it. */
+  id: string;
+}
 
-/** How long a start waits for BeforeStart (pinning shared folders for change events). */
-const BEFORE_START_TIMEOUT_MS = 20_000;
+/**
+ * Called before a container or an exec starts: POST /containers/{id}/start and POST
+ * /exec/{id}/start are held until it resolves (pinning shared folders, replaying pending host
+ * changes for cached shares). A rejection does not block the request.
+ */
+export type BeforeRun = (run: HeldRun) => Promise<void>;
+
+/** How long a start waits for BeforeRun at most. */
+const BEFORE_RUN_TIMEOUT_MS = 20_000;
 
 /** Bodies of checked requests are held in memory up to this size (container specs are small). */
 const MAX_CHECKED_BODY = 16 * 1024 * 1024;
@@ -44,11 +55,16 @@ function checkFor(h: MessageHead): Check | undefined {
   return undefined;
 }
 
-/** The container id of a POST /containers/{id}/start, else undefined. */
-function startOf(h: MessageHead): string | undefined {
+/** What a POST /containers/{id}/start or POST /exec/{id}/start runs, else undefined. */
+function runOf(h: MessageHead): HeldRun | undefined {
   if (h.method !== 'POST') return undefined;
-  const m = /^\/containers\/([^/?]+)\/start$/.exec(h.target.replace(/^\/v\d+(?:\.\d+)?/, '').split('?')[0]!);
-  return m ? decodeURIComponent(m[1]!) : undefined;
+  const m = /^\/(containers|exec)\/([^/?]+)\/start$/.exec(h.target.replace(/^\/v\d+(?:\.\d+)?/, '').split('?')[0]!);
+  if (!m) return undefined;
+  try {
+    return { kind: m[1] === 'exec' ? 'exec' : 'start', id: decodeURIComponent(m[2]!) };
+  } catch {
+    return undefined; // malformed %-escape: the engine answers it
+  }
 }
 
 /** Requests after which the connection may become a raw stream (attach, exec start, Upgrade). */
@@ -67,7 +83,7 @@ export class DockerProxy {
     private readonly open: StreamOpener,
     private readonly log: Logger,
     private readonly policy: () => MountPolicy,
-    private readonly beforeStart?: BeforeStart,
+    private readonly beforeRun?: BeforeRun,
   ) {
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (c) => this.onConnection(c));
   }
@@ -96,7 +112,7 @@ export class DockerProxy {
           engine.destroy();
           return;
         }
-        new ProxiedConnection(client, engine, this.policy(), this.log, this.beforeStart);
+        new ProxiedConnection(client, engine, this.policy(), this.log, this.beforeRun);
       },
       (err) => {
         const e = toBerthError(err);
@@ -126,7 +142,7 @@ class ProxiedConnection {
     private readonly engine: Duplex,
     private readonly policy: MountPolicy,
     private readonly log: Logger,
-    private readonly beforeStart?: BeforeStart,
+    private readonly beforeRun?: BeforeRun,
   ) {
     engine.on('error', (err) => {
       log.debug('docker stream error', { err: err.message });
@@ -218,8 +234,8 @@ class ProxiedConnection {
     }
     this.pending = this.pending.subarray(r.used);
     const check = checkFor(r.head);
-    const started = this.beforeStart ? startOf(r.head) : undefined;
-    const before = started !== undefined ? () => this.beforeStart!(started) : undefined;
+    const run = this.beforeRun ? runOf(r.head) : undefined;
+    const before = run !== undefined ? () => this.beforeRun!(run) : undefined;
     this.hijackAfterBody = mayHijack(r.head);
     if (check || before) {
       const decoded: Buffer[] = [];
@@ -266,7 +282,7 @@ class ProxiedConnection {
       if (c.before) {
         // Hold the request (and whatever follows) until the hook is done, then send it on.
         this.up = 'await-hook';
-        const timeout = new Promise<void>((r) => setTimeout(r, BEFORE_START_TIMEOUT_MS));
+        const timeout = new Promise<void>((r) => setTimeout(r, BEFORE_RUN_TIMEOUT_MS));
         void Promise.race([c.before().catch(() => {}), timeout]).then(() => {
           if (this.up !== 'await-hook') return;
           this.toEngine(c.head);

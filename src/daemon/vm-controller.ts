@@ -32,6 +32,9 @@ import type { ImageSource, ResolvedImage } from './image-source.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 import { isWithin } from '../util/paths.js';
 
+/** How long a container or exec start waits for pending host changes in cached shares. */
+const DRAIN_TIMEOUT_MS = 5000;
+
 /**
  * Owns the VM of one berth home: the lifecycle state machine
  *
@@ -551,8 +554,14 @@ export class VmController extends EventEmitter {
   private async startProxy(session: GuestSession, shares: readonly ShareSpec[]): Promise<DockerProxy> {
     const settings = this.settings ?? (await readSettings(this.paths.settings));
     const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly })), vmPaths: DEFAULT_VM_PATHS };
-    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy, async (id) => {
-      await this.running?.mounts?.prepare(id);
+    const cached = shares.some((s) => s.cache);
+    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy, async (run) => {
+      if (run.kind === 'start') await this.running?.mounts?.prepare(run.id);
+      // A cached share shows a host change only once it is replayed in the guest (docs/files.md
+      // "Caching"): what starts now must not read what was there before the change.
+      if (cached && this.running?.files && !(await this.running.files.drain(DRAIN_TIMEOUT_MS))) {
+        this.log.warn('host changes were not all replayed in the VM before a container or exec started', { run: run.kind, id: run.id, waitedMs: DRAIN_TIMEOUT_MS });
+      }
     });
     await proxy.listen();
     return proxy;

@@ -427,3 +427,26 @@ test('a replay waits for the previous one: requests are sent one at a time, in o
   ]);
   assert.equal(most, 1);
 });
+
+test('drain: a change made just before is replayed by the time drain resolves, without waiting for the burst window', async (t) => {
+  const s = await setup(t);
+  let acted = 0;
+  s.during.fn = async () => {
+    await sleep(30); // a slow actuator: drain must wait for it too
+    acted++;
+  };
+  for (let i = 0; i < 5; i++) {
+    fs.writeFileSync(s.h(`f${i}.txt`), 'new\n');
+    const t0 = performance.now();
+    await s.ce.drain();
+    assert.equal(acted, i + 1, `change ${i} not replayed when drain resolved`);
+    assert.ok(performance.now() - t0 < 1000);
+  }
+  // Nothing pending: drain resolves at once and asks nothing of the actuator.
+  await s.ce.drain();
+  assert.equal(acted, 5);
+  assert.deepEqual(
+    s.reqs.map((r) => [r.op, r.path]),
+    [0, 1, 2, 3, 4].map((i) => ['create', s.g(`f${i}.txt`)]),
+  );
+});

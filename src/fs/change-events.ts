@@ -118,6 +118,24 @@ export class ChangeEvents {
     return this.busy;
   }
 
+  /**
+   * Replays at once every host change already made, without the burst window, and resolves when
+   * the guest has them: a container started or exec'd after this reads a cached share's new
+   * contents (docs/files.md "Caching"). The kernel queues an inotify event when the change is
+   * made; two turns of the event loop let libuv read what is queued before the burst is cut.
+   * Never rejects: replay failures are logged where they happen.
+   */
+  async drain(): Promise<void> {
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.cutBurst();
+    }
+    await this.busy;
+  }
+
   private locate(guestPath: string): { share: Share; rel: string[] } | undefined {
     for (const share of this.shares) {
       if (isWithin(guestPath, share.spec.path)) return { share, rel: guestPath.slice(share.spec.path.replace(/\/+$/, '').length).split('/').filter(Boolean) };
@@ -159,10 +177,15 @@ export class ChangeEvents {
     this.dirty.set(key(share, rel), { share, rel });
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
-      const batch = [...this.dirty.values()];
-      this.dirty.clear();
-      this.busy = this.busy.then(() => this.flush(batch)).catch((err: Error) => this.log('warn', 'replaying host changes failed', { err: err.message }));
+      this.cutBurst();
     }, WINDOW_MS);
+  }
+
+  /** Queues the paths collected so far as one burst, after the bursts already queued. */
+  private cutBurst(): void {
+    const batch = [...this.dirty.values()];
+    this.dirty.clear();
+    this.busy = this.busy.then(() => this.flush(batch)).catch((err: Error) => this.log('warn', 'replaying host changes failed', { err: err.message }));
   }
 
   /** Classifies one burst of changed paths and replays it. */

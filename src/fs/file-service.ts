@@ -60,6 +60,8 @@ export class FileService {
   readonly token: string;
   /** Replays a host change in the guest (the agent's fs.act); set once the guest session is up. */
   actuate: ((req: ActRequest) => Promise<void>) | undefined;
+  private nextDrain = 1;
+  private readonly draining = new Map<number, () => void>();
 
   constructor(
     readonly socketPath: string,
@@ -78,6 +80,7 @@ export class FileService {
         onMessage: (m) => {
           if (m.type === 'ready') this.ready?.();
           else if (m.type === 'act') this.onAct(m.id, m.req);
+          else if (m.type === 'drained') this.draining.get(m.id)?.();
           else workerLog(log, m.level, m.msg, m.fields);
         },
         onStart: () => {
@@ -118,6 +121,25 @@ export class FileService {
   watch(guestPaths: string[]): void {
     this.roots = guestPaths;
     this.worker.send({ type: 'roots', paths: guestPaths });
+  }
+
+  /**
+   * Resolves true once every host change made so far in a watched folder has been replayed in the
+   * guest (ChangeEvents.drain), or false after `timeoutMs` or when the file server is not running:
+   * a slow replay delays what waits for it, it never fails it.
+   */
+  drain(timeoutMs: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const id = this.nextDrain++;
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.draining.delete(id);
+        resolve(ok);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.draining.set(id, () => done(true));
+      if (!this.worker.send({ type: 'drain', id })) done(false);
+    });
   }
 
   private onAct(id: number, req: ActRequest): void {

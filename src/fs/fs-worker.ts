@@ -20,12 +20,13 @@ export interface FsWorkerConfig {
 }
 
 /** Daemon → worker. */
-export type ToFsWorker = { type: 'roots'; paths: string[] } | { type: 'acted'; id: number; error?: string } | { type: 'stop' };
+export type ToFsWorker = { type: 'roots'; paths: string[] } | { type: 'acted'; id: number; error?: string } | { type: 'drain'; id: number } | { type: 'stop' };
 
 /** Worker → daemon. */
 export type FsWorkerMessage =
   | { type: 'ready' }
   | { type: 'act'; id: number; req: ActRequest }
+  | { type: 'drained'; id: number }
   | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> };
 
 const cfg = workerData as FsWorkerConfig;
@@ -63,6 +64,9 @@ port.on('message', (m: ToFsWorker) => {
     case 'acted':
       acting.get(m.id)?.(m.error);
       acting.delete(m.id);
+      break;
+    case 'drain':
+      void events.drain().then(() => post({ type: 'drained', id: m.id }));
       break;
     case 'stop':
       events.close();
