@@ -36,12 +36,12 @@ function request(open: StreamOpener, method: string, path: string, timeoutMs: nu
   });
 }
 
-/** GET/POST returning parsed JSON; rejects with DockerApiError on a non-2xx status or bad JSON. */
 /** Whether `docker inspect` data (guest data, unchecked) says the container is running. */
 export function isRunning(inspect: unknown): boolean {
   return !!inspect && typeof inspect === 'object' && (inspect as { State?: { Running?: unknown } }).State?.Running === true;
 }
 
+/** GET/POST returning parsed JSON; rejects with DockerApiError on a non-2xx status or bad JSON. */
 export function dockerJson(open: StreamOpener, method: string, path: string, timeoutMs = 15_000): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const req = request(open, method, path, timeoutMs);

@@ -63,3 +63,12 @@ test('set never overwrites a broken file', async () => {
   await assert.rejects(setSetting(f, 'cpus', '1'), isCode('SETTINGS_INVALID'));
   assert.equal(fs.readFileSync(f, 'utf8'), 'not json');
 });
+
+test('shares: "/" and folders that would hide part of the VM are refused, neighbours are not', () => {
+  for (const p of ['/', '/usr', '/usr/local', '/var', '/var/lib/docker/x', '/mnt']) {
+    assert.throws(() => validateSettings({ shares: [{ path: p }] }, 'f'), /would hide part of the VM/, p);
+  }
+  for (const p of ['/usrx', '/home/me', '/var/tmp', '/mnt/other']) {
+    assert.doesNotThrow(() => validateSettings({ shares: [{ path: p }] }, 'f'), p);
+  }
+});

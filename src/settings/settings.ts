@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { isWithin } from '../util/paths.js';
 import { BerthError, errnoCode } from '../util/errors.js';
 import { MAX_SOCKET_PATH } from './paths.js';
 
@@ -138,7 +139,7 @@ function sharesProblem(v: unknown): string | undefined {
     if (o.readOnly !== undefined && typeof o.readOnly !== 'boolean') return `${what} (readOnly must be true or false)`;
     if (o.cache !== undefined && typeof o.cache !== 'boolean') return `${what} (cache must be true or false)`;
     const p = path.posix.normalize(o.path).replace(/(.)\/+$/, '$1');
-    if (p === '/' || VM_OWN_PATHS.some((vm) => p === vm || p.startsWith(`${vm}/`) || vm.startsWith(`${p}/`))) return `${what} (${p} would hide part of the VM)`;
+    if (p === '/' || VM_OWN_PATHS.some((vm) => isWithin(p, vm) || isWithin(vm, p))) return `${what} (${p} would hide part of the VM)`;
   }
   return undefined;
 }
