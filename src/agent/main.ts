@@ -12,7 +12,7 @@ import { parseExecMeta, runExec } from './exec-service.js';
 import { followLog, parseLogsMeta } from './logs-service.js';
 import { powerOff, prepareShutdown, readBootId, readBootTimes, readImageKey, systemInfo } from './system.js';
 import type { GuestInfo } from '../control/guest-info.js';
-import { SharedFolders, remountShares } from './shared-folders.js';
+import { SharedFolders, bootMountsDone, readShareFailures, remountShares } from './shared-folders.js';
 import { ACT_OPS, type ActOp } from '../control/actuator.js';
 
 /**
@@ -98,7 +98,12 @@ function main(): void {
       // The host's file server restarted: the old mounts' connections are dead. Pins held
       // dentries of those mounts; the daemon pins again for the containers it finds.
       folders.close();
-      return { failed: await remountShares() };
+      return { failures: await remountShares() };
+    },
+    // The shares the boot could not mount (docs/files.md "Transport"), once the boot's mounts are over.
+    'fs.status': async (p: unknown) => {
+      await bootMountsDone(timeoutFrom(p, 'timeoutMs', 30_000));
+      return { failures: readShareFailures() };
     },
     'fs.unpin': async (p: unknown) => {
       for (const path of pathsFrom(p)) folders.unpin(path);

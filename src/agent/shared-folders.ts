@@ -4,6 +4,10 @@ import path from 'node:path';
 import type { Logger } from '../util/log.js';
 import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
 import { isWithin } from '../util/paths.js';
+import { SHARE_FAILURES_FILE, parseShareFailuresFile, type ShareFailure } from '../control/share-mounts.js';
+
+/** Held by init until the boot's share mounts are over (guest/rootfs/usr/lib/berth/init). */
+const CONTAINERD_GATE = '/run/berth/containerd-gate';
 
 /**
  * The guest side of change events (docs/files.md "Change events").
@@ -274,16 +278,34 @@ function runActuator(script: string, req: ActRequest, fds: number[], onHeld: (pi
 
 /**
  * Mounts every shared folder again (`mount-shares --remount`): after the host daemon restarted,
- * its file server is new and the old mounts' connections are dead. Resolves with the lines of
- * the shares that failed (none: every share is mounted again).
+ * its file server is new and the old mounts' connections are dead. Resolves with the shares that
+ * failed (none: every share is mounted again).
  */
-export function remountShares(): Promise<string[]> {
+export function remountShares(): Promise<ShareFailure[]> {
   return new Promise((resolve, reject) => {
-    const child = spawn('/usr/lib/berth/mount-shares', ['--remount'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const child = spawn('/usr/lib/berth/mount-shares', ['--remount'], { stdio: 'ignore' });
     child.on('error', reject);
-    child.on('exit', () => resolve(out.split('\n').filter(Boolean)));
+    child.on('exit', () => resolve(readShareFailures()));
   });
+}
+
+/** The shares that mount-shares could not mount in its last run (its failures file). */
+export function readShareFailures(): ShareFailure[] {
+  try {
+    return parseShareFailuresFile(fs.readFileSync(SHARE_FAILURES_FILE, 'utf8'));
+  } catch {
+    return []; // no file: no share list, or mount-shares has not run
+  }
+}
+
+/**
+ * Resolves once the boot's share mounts are over: init removes containerd's gate file after
+ * mount-shares (guest init). Rejects after `timeoutMs`.
+ */
+export async function bootMountsDone(timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (fs.existsSync(CONTAINERD_GATE)) {
+    if (Date.now() > deadline) throw Object.assign(new Error(`the shared folders were still being mounted after ${timeoutMs} ms`), { code: 'TIMEOUT' });
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

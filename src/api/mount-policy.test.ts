@@ -8,9 +8,10 @@ import { checkContainerCreate, checkServiceSpec, checkVolumeCreate, DEFAULT_VM_P
  * with a path inside a share (allowed) and outside (refused), as an attack table.
  */
 const policy: MountPolicy = { shares: [{ path: '/home/me', readOnly: false }, { path: '/tmp', readOnly: false }], vmPaths: DEFAULT_VM_PATHS };
+const defaultPolicy = policy;
 
 /** The same host path, written every way the API allows. */
-function representations(p: string): [string, () => ReturnType<typeof checkContainerCreate>][] {
+function representations(p: string, policy: MountPolicy = defaultPolicy): [string, () => ReturnType<typeof checkContainerCreate>][] {
   return [
     ['HostConfig.Binds', () => checkContainerCreate({ HostConfig: { Binds: [`${p}:/src`] } }, policy)],
     ['HostConfig.Binds with options', () => checkContainerCreate({ HostConfig: { Binds: [`${p}:/src:ro,z`] } }, policy)],
@@ -85,4 +86,20 @@ test('the refusal message names the path, the shares and the setting to change',
     assert.match(m, /"shares" setting/);
     assert.match(m, /berth restart/);
   }
+});
+
+test('a share the VM could not mount: every representation of a path in it is refused with the reason and what to do; the other shares still pass', () => {
+  const down: MountPolicy = { ...policy, unavailable: [{ path: '/home/me', reason: 'the file server did not answer within 10 s' }] };
+  for (const [name, check] of representations('/home/me/project', down)) {
+    const d = check();
+    assert.equal(d.ok, false, name);
+    if (!d.ok) {
+      const m = refusalMessage(d, down);
+      assert.match(m, /\/home\/me\/project/, name);
+      assert.match(m, /shared folder \/home\/me is not mounted in the VM \(the file server did not answer within 10 s\)/, name);
+      assert.match(m, /berth restart/, name);
+      assert.doesNotMatch(m, /To share another folder/, name);
+    }
+  }
+  for (const [name, check] of representations('/tmp/x', down)) assert.deepEqual(check(), { ok: true }, name);
 });

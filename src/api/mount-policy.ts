@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { isWithin } from '../util/paths.js';
+import type { ShareFailure } from '../control/share-mounts.js';
 
 /**
  * Which host paths a container may bind-mount (docs/files.md "Mount checks"). Only folders inside
@@ -17,11 +18,17 @@ export interface MountPolicy {
   shares: readonly { path: string; readOnly: boolean }[];
   /** VM paths that may be mounted although they are not shares (the engine's own socket). */
   vmPaths: readonly string[];
+  /**
+   * Shares the guest could not mount: an empty read-only folder stands in their place in the VM
+   * (docs/files.md "Transport"), so bind mounts into them are refused with the reason.
+   */
+  unavailable?: readonly ShareFailure[];
 }
 
 export const DEFAULT_VM_PATHS = ['/var/run/docker.sock', '/run/docker.sock'];
 
-export type Decision = { ok: true } | { ok: false; path: string; where: string; reason: string };
+/** `fix` replaces the default advice (add the folder to the shares) where that is not the fix. */
+export type Decision = { ok: true } | { ok: false; path: string; where: string; reason: string; fix?: string };
 
 const OK: Decision = { ok: true };
 /** Mount types that never name a host path. */
@@ -36,7 +43,16 @@ export function checkHostPath(p: string, where: string, policy: MountPolicy): De
   const norm = path.posix.normalize(p).replace(/(.)\/+$/, '$1');
   if (policy.vmPaths.includes(norm)) return OK;
   for (const s of policy.shares) {
-    if (isWithin(norm, path.posix.normalize(s.path))) return OK;
+    if (!isWithin(norm, path.posix.normalize(s.path))) continue;
+    const down = policy.unavailable?.find((u) => u.path === s.path);
+    if (!down) return OK;
+    return {
+      ok: false,
+      path: norm,
+      where,
+      reason: `its shared folder ${s.path} is not mounted in the VM (${down.reason})`,
+      fix: 'Run `berth restart` to mount it again; if it fails again, `berth logs vm` shows the mount errors of the boot.',
+    };
   }
   return { ok: false, path: norm, where, reason: 'it is not inside a shared folder' };
 }
@@ -119,5 +135,6 @@ export function checkServiceSpec(body: unknown, policy: MountPolicy): Decision {
 export function refusalMessage(d: Extract<Decision, { ok: false }>, policy: MountPolicy): string {
   const shared = policy.shares.map((s) => s.path).join(', ') || 'none';
   const what = d.path ? `The host path ${d.path} (${d.where})` : `The mount in ${d.where}`;
-  return `berth: ${what} cannot be mounted: ${d.reason}. Shared folders: ${shared}. To share another folder, add it to the "shares" setting (berth settings set shares '[{"path":"/your/folder"}]') and run \`berth restart\`.`;
+  const fix = d.fix ?? `To share another folder, add it to the "shares" setting (berth settings set shares '[{"path":"/your/folder"}]') and run \`berth restart\`.`;
+  return `berth: ${what} cannot be mounted: ${d.reason}. Shared folders: ${shared}. ${fix}`;
 }

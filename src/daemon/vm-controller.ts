@@ -31,6 +31,7 @@ import { dockerJson } from '../ports/docker-api.js';
 import type { ImageSource, ResolvedImage } from './image-source.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 import { isWithin } from '../util/paths.js';
+import { parseShareFailures, type ShareFailure } from '../control/share-mounts.js';
 
 /** How long a container or exec start waits for pending host changes in cached shares. */
 const DRAIN_TIMEOUT_MS = 5000;
@@ -60,6 +61,8 @@ interface Running {
   files: FileService | undefined;
   /** Which shared folders containers mount (their host changes are replayed in the guest). */
   mounts: MountTracker | undefined;
+  /** Shares the guest could not mount (bind mounts into them are refused). */
+  unavailable: ShareFailure[];
   proxy: DockerProxy | undefined;
   accelerator: Accelerator;
   image: ResolvedImage;
@@ -114,13 +117,16 @@ export class VmController extends EventEmitter {
       await files?.start();
       const net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
       net?.start();
-      const running: Running = { qemu, session, net, network, publisher: undefined, files, mounts: undefined, proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
+      const running: Running = { qemu, session, net, network, publisher: undefined, files, mounts: undefined, unavailable: [], proxy: undefined, accelerator: saved?.accelerator ?? 'tcg', image: image!, startedAt: saved ? new Date(saved.startedAt) : new Date() };
       this.running = running;
       this.watch(running);
       await session.waitEngineReady(60_000);
-      if (files) await this.remountShares(session);
+      if (files) {
+        running.unavailable = await this.remountShares(session, files.shares);
+        for (const f of running.unavailable) this.warnings.push(shareFailureWarning(f));
+      }
       this.startChangeEvents(running);
-      running.proxy = await this.startProxy(session, running.files?.shares ?? []);
+      running.proxy = await this.startProxy(session, running.files?.shares ?? [], running.unavailable);
       running.publisher = this.startPublisher(running);
       this.state = 'running';
       this.failure = null;
@@ -353,10 +359,19 @@ export class VmController extends EventEmitter {
         booted = await boot(accel);
       }
       const { started, s, info } = booted;
-      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, mounts: undefined, proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, mounts: undefined, unavailable: [], proxy: undefined, accelerator: accel, image, startedAt: new Date() };
+      if (files && files.shares.length > 0) {
+        const shares = files.shares;
+        running.unavailable = await step(record, 'shares', 'Check the shared folders in the VM', async (d) => {
+          const failures = await this.shareFailures(s, shares);
+          d(`${shares.length - failures.length} of ${shares.length} mounted`);
+          return failures;
+        });
+        for (const f of running.unavailable) this.warn(record, shareFailureWarning(f));
+      }
       this.startChangeEvents(running);
       await step(record, 'api', 'Serve the Docker API on the host', async (d) => {
-        running.proxy = await this.startProxy(s, running.files?.shares ?? []);
+        running.proxy = await this.startProxy(s, running.files?.shares ?? [], running.unavailable);
         const ms = await pingDockerThroughProxy(dockerSocket);
         d(`unix://${dockerSocket} (ping ${ms} ms)`);
       });
@@ -471,14 +486,32 @@ export class VmController extends EventEmitter {
    * file server) are dead: the agent mounts the shares again. Containers started before keep
    * the dead mounts until they restart (their mounts are copies); said in the log.
    */
-  private async remountShares(session: GuestSession): Promise<void> {
+  /**
+   * Mounts the shares again after a daemon restart; resolves with those that failed. If the agent
+   * gives no answer, every share counts as failed: refusing a bind mount that would have worked
+   * loses nothing, letting a container write into a VM folder that is not the share does.
+   */
+  private async remountShares(session: GuestSession, shares: readonly ShareSpec[]): Promise<ShareFailure[]> {
     try {
-      const r = (await session.rpc('fs.remount', {}, 60_000)) as { failed?: unknown };
-      const failed = Array.isArray(r?.failed) ? r.failed.filter((x): x is string => typeof x === 'string').slice(0, 32) : [];
-      if (failed.length) this.log.warn('some shared folders could not be mounted again after the daemon restarted', { failed: failed.join('; ') });
+      // mount-shares gives a mount 10 s, and 2 s each to the rest after one timed out (docs/files.md "Transport").
+      const failures = parseShareFailures(await session.rpc('fs.remount', {}, 40_000));
+      if (failures.length) this.log.warn('some shared folders could not be mounted again after the daemon restarted', { failed: failures.map((f) => f.path).join(', ') });
       else this.log.info('shared folders mounted again after the daemon restarted; containers started before keep their old mounts until they restart');
+      return failures;
     } catch (err) {
       this.log.warn('could not mount the shared folders again after the daemon restarted; restart berth (berth stop && berth start)', { err: (err as Error).message });
+      return shares.map((s) => ({ path: s.path, reason: `the VM did not finish mounting it again (${(err as Error).message})` }));
+    }
+  }
+
+  /** The shares the boot could not mount; the agent answers once the boot's mounts are over. */
+  private async shareFailures(session: GuestSession, shares: readonly ShareSpec[]): Promise<ShareFailure[]> {
+    try {
+      return parseShareFailures(await session.rpc('fs.status', { timeoutMs: 30_000 }, 35_000));
+    } catch (err) {
+      this.log.warn('could not ask the VM which shared folders are mounted', { err: (err as Error).message });
+      // As in remountShares: unknown counts as not mounted.
+      return shares.map((s) => ({ path: s.path, reason: `the VM did not say whether it is mounted (${(err as Error).message})` }));
     }
   }
 
@@ -550,10 +583,13 @@ export class VmController extends EventEmitter {
     return { backend, forwards };
   }
 
-  /** The Docker socket; bind mounts must lie inside `shares`, the folders shared this boot. */
-  private async startProxy(session: GuestSession, shares: readonly ShareSpec[]): Promise<DockerProxy> {
+  /**
+   * The Docker socket; bind mounts must lie inside `shares`, the folders shared this boot, and
+   * not inside one of the `unavailable` ones, which the guest could not mount.
+   */
+  private async startProxy(session: GuestSession, shares: readonly ShareSpec[], unavailable: readonly ShareFailure[]): Promise<DockerProxy> {
     const settings = this.settings ?? (await readSettings(this.paths.settings));
-    const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly })), vmPaths: DEFAULT_VM_PATHS };
+    const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly })), vmPaths: DEFAULT_VM_PATHS, unavailable };
     const cached = shares.some((s) => s.cache);
     const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy, async (run) => {
       if (run.kind === 'start') await this.running?.mounts?.prepare(run.id);
@@ -672,4 +708,9 @@ async function pingDockerThroughProxy(socketPath: string): Promise<number> {
     req.on('error', (err) => reject(new BerthError('ENGINE_FAILED', `The Docker API does not answer through ${socketPath}.`, { cause: err })));
   });
   return Math.round(performance.now() - t0);
+}
+
+/** The warning `berth start` and `berth status` show for a share the guest could not mount. */
+export function shareFailureWarning(f: ShareFailure): string {
+  return `The shared folder ${f.path} is not mounted in the VM: ${f.reason}. Containers cannot bind-mount it (berth refuses them) until it is. Run \`berth restart\`; if it fails again, \`berth logs vm\` shows the boot's mount errors and \`berth logs daemon\` the file server's.`;
 }

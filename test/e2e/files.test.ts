@@ -13,7 +13,8 @@ import { debianImageTar } from './images.js';
  * read-only share; inotify events in a container for host-side changes (inotifywait from
  * Debian's inotify-tools), without echoes of the container's own changes; the file server's
  * port unreachable from containers; data and mounts after `berth stop`/`start`; a share that
- * no longer exists skipped with a warning; a cached share kept fresh by change events.
+ * no longer exists skipped with a warning; a share the VM cannot mount (warned, refused, stood
+ * in for by an empty read-only folder); a cached share kept fresh by change events.
  *
  * The shares are folders of this test (settings.json written before the first start), so
  * nothing outside them is exposed.
@@ -339,6 +340,56 @@ describe('files', { timeout: 1_200_000 }, () => {
     assert.equal(JSON.parse(s.stdout).state, 'running', s.stdout + s.stderr);
     assert.equal(await runRm('-v', `${dir}:/src`, IMAGE, 'sh', '-c', 'cat /src/before.txt && echo after > /src/after.txt'), 'before\n');
     assert.equal(fs.readFileSync(path.join(dir, 'after.txt'), 'utf8'), 'after\n');
+  });
+
+  test('a share the VM cannot mount: the mount gives up, an empty read-only folder stands in for it, berth status warns, bind mounts into it are refused with the reason; mounted again once the server answers', async () => {
+    const gw = (await b.berth(['shell', '--', 'sh', '-c', "ip -4 route show default | awk '{print $3}'"])).stdout.trim();
+    assert.match(gw, /^\d+\.\d+\.\d+\.\d+$/);
+    // The VM's new connections to the file server go unanswered: their SYNs are dropped, so a
+    // mount would wait about two minutes for the connect without mount-shares' time limit. (The
+    // old mounts' connections still pass: the new daemon's translator resets them, as it does
+    // after any daemon restart, so unmounting them does not wait on a dead server.)
+    const rule = `OUTPUT -d ${gw} -p tcp --dport 564 --syn -j DROP`;
+    const reattach = async () => {
+      process.kill(daemonPid(b.home)!, 'SIGKILL');
+      await sleep(500);
+      const s = await b.berth(['status', '--json']); // a new daemon re-attaches and mounts the shares again
+      assert.equal(s.code, 0, s.stdout + s.stderr);
+      return JSON.parse(s.stdout) as { state: string; warnings: string[] };
+    };
+    assert.equal((await b.berth(['shell', '--', 'iptables', '-w', '-I', ...rule.split(' ')])).code, 0);
+    let dropped = true;
+    try {
+      const t0 = performance.now();
+      const st = await reattach();
+      const ms = performance.now() - t0;
+      assert.equal(st.state, 'running');
+      for (const p of [share, ro, cached]) {
+        assert.ok(st.warnings.some((w) => w.includes(`${p} is not mounted in the VM: the file server did not answer within`)), `no warning for ${p}: ${st.warnings.join('\n')}`);
+      }
+      assert.ok(st.warnings.every((w) => !w.includes('not mounted') || w.includes('berth restart')), st.warnings.join('\n'));
+      // 10 s for the first share, 2 s for each of the other two, plus the re-attach.
+      assert.ok(ms < 50_000, `the re-attach took ${Math.round(ms)} ms`);
+
+      const r = await b.docker(['run', '--rm', '-v', `${share}:/src`, IMAGE, 'true']);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, new RegExp(`shared folder ${share} is not mounted in the VM \\(the file server did not answer within \\d+ s\\)`));
+      assert.match(r.stderr, /berth restart/);
+
+      // In the VM the share's path is an empty read-only tmpfs, not a folder of the VM's disk.
+      const vm = await b.berth(['shell', '--', 'sh', '-c', `touch ${share}/probe 2>&1; ls -A ${share} | wc -l; awk '$2 == "${share}" { print $3 }' /proc/mounts`]);
+      assert.match(vm.stdout, /Read-only file system/, vm.stdout + vm.stderr);
+      assert.deepEqual(vm.stdout.trim().split('\n').slice(-2), ['0', 'tmpfs'], vm.stdout);
+
+      assert.equal((await b.berth(['shell', '--', 'iptables', '-w', '-D', ...rule.split(' ')])).code, 0);
+      dropped = false;
+      const again = await reattach();
+      assert.ok(again.warnings.every((w) => !w.includes('not mounted')), again.warnings.join('\n'));
+      fs.writeFileSync(path.join(share, 'back.txt'), 'back\n');
+      assert.equal(await runRm('-v', `${share}:/src`, IMAGE, 'cat', '/src/back.txt'), 'back\n');
+    } finally {
+      if (dropped) await b.berth(['shell', '--', 'iptables', '-w', '-D', ...rule.split(' ')]);
+    }
   });
 
   test('data written in a container survives berth stop/start; a share that no longer exists is skipped with a warning; a --restart always container finds its share mounted when the engine restarts it', async () => {
