@@ -12,7 +12,8 @@ import { median, type BenchResult, type Row } from './report.js';
  * BERTH_QEMU pointing at a two-line wrapper that adds
  * `-virtfs local,path=<a third temporary folder>,mount_tag=bench,security_model=none` to the VM's
  * QEMU command line. The guest mounts berth's shares as it always does (trans=tcp to berth's file
- * server, msize 512 KiB, access=user; cache=none, or cache=loose for the cached one, which the
+ * server, msize 512 KiB, access=user; cache=mmap (Linux 6.1: the same as the anchor's cache=none
+ * for every workload here, docs/files.md "Transport"), or cache=loose for the cached one, which the
  * change events keep fresh: docs/files.md "Caching") and the anchor with
  * `mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=none` at its host path too, so
  * the commands are the same for all but for the folder. Runs rotate the order of the backends.
@@ -147,7 +148,7 @@ export async function benchFiles(runs: number, sizes: FilesSizes = FILES_SIZES):
       }
     }
   }
-  return { title: `File sharing, run by the VM itself, no container (TCG, ${runs} runs per backend, medians; virtio-9p and berth cache=none, berth-cached cache=loose kept fresh by change events)`, rows };
+  return { title: `File sharing, run by the VM itself, no container (TCG, ${runs} runs per backend, medians; virtio-9p cache=none, berth cache=mmap, berth-cached cache=loose kept fresh by change events)`, rows };
 }
 
 /**

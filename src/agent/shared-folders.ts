@@ -12,7 +12,7 @@ const CONTAINERD_GATE = '/run/berth/containerd-gate';
 /**
  * The guest side of change events (docs/files.md "Change events").
  *
- * Pins: with v9fs `cache=none` (Linux 6.1) every lookup of a file or directory that nobody holds
+ * Pins: with v9fs `cache=mmap` or `none` (Linux 6.1) every lookup of a file or directory that nobody holds
  * makes a new inode, so a watcher in a container (which watches inodes) and a later operation on
  * the same path meet different inodes, and the watcher hears nothing. One held open (O_PATH) keeps
  * its dentry, and every lookup then finds that dentry and its inode. So the agent holds every

@@ -28,7 +28,7 @@ test('guestShareConfig: the token, then id, mode, cache mode and path per line (
     { id: 's0', path: '/home/me', readOnly: false, cache: true },
     { id: 's1', path: '/data with space', readOnly: true },
   ]);
-  assert.equal(cfg, 'tok\ns0\trw\tloose\t/home/me\ns1\tro\tnone\t/data with space\n');
+  assert.equal(cfg, 'tok\ns0\trw\tloose\t/home/me\ns1\tro\tmmap\t/data with space\n');
 });
 
 test('drain: resolves true once the host changes made so far were replayed through actuate (the real worker thread); false once stopped', async (t) => {

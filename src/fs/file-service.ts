@@ -46,11 +46,13 @@ export function planShares(settings: readonly ShareSetting[]): SharePlan {
 
 /**
  * The fw_cfg file the guest's init reads: the token on the first line, then one share per line,
- * "id<TAB>ro|rw<TAB>none|loose<TAB>path" (the third field is the v9fs cache mode). Settings
- * validation keeps tabs and newlines out of paths.
+ * "id<TAB>ro|rw<TAB>mmap|loose<TAB>path" (the third field is the v9fs cache mode: mmap, which
+ * caches no file data but allows writable shared mappings, or loose for a share with
+ * `cache: true`; docs/files.md "Transport"). Settings validation keeps tabs and newlines out of
+ * paths.
  */
 export function guestShareConfig(token: string, shares: readonly ShareSpec[]): string {
-  return [token, ...shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.cache ? 'loose' : 'none'}\t${s.path}`)].join('\n') + '\n';
+  return [token, ...shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.cache ? 'loose' : 'mmap'}\t${s.path}`)].join('\n') + '\n';
 }
 
 export class FileService {
