@@ -46,6 +46,11 @@ export class SharedFolders {
     return this.pins.size;
   }
 
+  /** Whether `p` (a folder or file) is held open under that name now. */
+  holds(p: string): boolean {
+    return this.pins.has(p);
+  }
+
   /**
    * Holds open every directory under `root`, and its regular files (a watcher may watch a file
    * itself: chokidar, and so nodemon and Vite, watch each file), bounded; files under
@@ -138,7 +143,7 @@ export class SharedFolders {
   async act(req: ActRequest): Promise<void> {
     if (req.op === 'rename' && !req.to) throw new Error('rename without a target');
     const op = req.op;
-    if (op === 'pin') {
+    if (op === 'pin' || op === 'sweep') {
       this.follow(req);
       return;
     }
@@ -174,11 +179,17 @@ export class SharedFolders {
    */
   private follow(req: ActRequest): void {
     const covered = (p: string) => this.covered(p);
-    if ((req.op === 'mkdir' || req.op === 'pin') && covered(req.path) && !this.pins.has(req.path)) {
-      try {
-        this.pins.set(req.path, openDir(req.path));
-      } catch {
-        // removed again meanwhile
+    if (req.op === 'sweep') this.sweep(req.path);
+    if ((req.op === 'mkdir' || req.op === 'pin') && covered(req.path)) {
+      // A pin under this name may be of a folder the guest deleted since (made again, it can
+      // even have the old inode number on the host, so the host cannot tell).
+      if (this.pins.has(req.path) && this.whereNow(req.path) !== req.path) this.sweep(req.path);
+      if (!this.pins.has(req.path)) {
+        try {
+          this.pins.set(req.path, openDir(req.path));
+        } catch {
+          // removed again meanwhile
+        }
       }
     }
     if (req.op === 'rmdir' || req.op === 'delete') this.forget(req.path);
@@ -207,6 +218,47 @@ export class SharedFolders {
     }
   }
 
+  /**
+   * The guest itself removed, replaced or renamed entries in `dir` (ActOp 'sweep'): each pin
+   * under it asks the guest kernel where its dentry is now (/proc/self/fd/N names it, with
+   * " (deleted)" once it was unlinked). A pin of a deleted entry is closed; one that moved is
+   * kept under its new name while a pinned root covers it. Without this, the pins of `rm -rf
+   * dist` were held for ever, and a `dist` made again was never pinned (its name looked pinned).
+   */
+  private sweep(dir: string): void {
+    const lost: string[] = [];
+    for (const [p, fd] of [...this.pins]) {
+      if (!isWithin(p, dir)) continue;
+      const now = whereNow(fd);
+      if (now === p) continue;
+      this.pins.delete(p);
+      const gone = now === undefined || (now.endsWith(DELETED) && !fs.existsSync(now));
+      if (gone || !this.covered(now!) || this.pins.has(now!)) {
+        fs.closeSync(fd);
+        lost.push(p);
+      } else this.pins.set(now!, fd);
+    }
+    // What stands under a lost name again (`rm -rf d && mkdir d`, a file written anew) is
+    // pinned as it is now, parents first: the host may not report it (see ChangeEvents.flush).
+    lost.sort((a, b) => a.length - b.length);
+    for (const p of lost) {
+      if (this.pins.has(p) || !this.covered(p)) continue;
+      try {
+        const st = fs.lstatSync(p);
+        if (st.isDirectory()) this.pins.set(p, openDir(p));
+        else if (st.isFile() && !UNWATCHED_FILES.test(path.dirname(p))) this.pins.set(p, fs.openSync(p, O_PATH | O_NOFOLLOW));
+      } catch {
+        // not there (any more)
+      }
+    }
+  }
+
+  /** Where the entry pinned under the name `p` is now (undefined: not pinned). */
+  private whereNow(p: string): string | undefined {
+    const fd = this.pins.get(p);
+    return fd === undefined ? undefined : whereNow(fd);
+  }
+
   /** Closes pins of a directory that went away (and everything under it). */
   private forget(dir: string): void {
     for (const [p, fd] of this.pins) {
@@ -219,7 +271,7 @@ export class SharedFolders {
 }
 
 /** What the actuator's shell does; $1 and $2 are names in the directories on fds 3 and 4. */
-const SCRIPTS: Record<Exclude<ActOp, 'pin'>, string> = {
+const SCRIPTS: Record<Exclude<ActOp, 'pin' | 'sweep'>, string> = {
   // noclobber: the create is O_CREAT|O_EXCL, so the guest emits IN_CREATE; with content ($2, the
   // host's size, not 0), a truncate to that size follows (IN_MODIFY), as a host `echo hi > file`
   // makes. The new file stays open on fd 5 until the agent has pinned it, like a new folder below.
@@ -244,6 +296,17 @@ const SCRIPTS: Record<Exclude<ActOp, 'pin'>, string> = {
  */
 const O_PATH = 0o10000000;
 const O_NOFOLLOW = fs.constants.O_NOFOLLOW;
+/** What Linux appends to the path of an unlinked dentry in /proc/PID/fd (d_path). */
+const DELETED = ' (deleted)';
+
+/** The path of a descriptor's entry now, as the kernel names it (" (deleted)" appended once unlinked). */
+function whereNow(fd: number): string | undefined {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return undefined;
+  }
+}
 
 function openDir(dir: string): number {
   return fs.openSync(dir, O_PATH | fs.constants.O_DIRECTORY);

@@ -7,10 +7,15 @@
 export const ACTUATOR_UID = 2147483646;
 
 /**
- * What the actuator replays. `pin` replays nothing: a folder a container made itself is only
- * pinned (held open by the agent), so later host changes inside it reach watchers too.
+ * What the actuator replays. Two ops replay nothing and only keep the agent's pins true:
+ * - `pin`: a folder a container made itself is pinned (held open by the agent), so later host
+ *   changes inside it reach watchers too;
+ * - `sweep`: the guest itself removed, replaced or renamed entries directly in the folder `path`:
+ *   the agent drops its pins of what is gone there (and below) and re-keys what moved, so that a
+ *   name the guest made again (`rm -rf dist && mkdir dist`) is pinned anew and no descriptor of a
+ *   deleted entry is held for ever.
  */
-export type ActOp = 'create' | 'mkdir' | 'modify' | 'delete' | 'rmdir' | 'rename' | 'pin';
+export type ActOp = 'create' | 'mkdir' | 'modify' | 'delete' | 'rmdir' | 'rename' | 'pin' | 'sweep';
 
 export interface ActRequest {
   op: ActOp;
@@ -26,4 +31,4 @@ export interface ActRequest {
   size?: number;
 }
 
-export const ACT_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename', 'pin'];
+export const ACT_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename', 'pin', 'sweep'];

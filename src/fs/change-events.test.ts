@@ -288,6 +288,40 @@ test("echoes: the guest's own changes are not replayed; a folder the guest made 
   assert.deepEqual(await requests(s, 1), [{ op: 'create', path: s.g('host.txt'), size: 0 }]);
 });
 
+test("echoes: the guest's own removals and renames sweep the agent's pins in their folder, before a folder it made again is pinned", async (t) => {
+  const s = await setup(t, (w) => {
+    fs.mkdirSync(path.join(w, 'dist', 'js'), { recursive: true });
+    fs.writeFileSync(path.join(w, 'dist', 'js', 'app.js'), 'x');
+    fs.mkdirSync(path.join(w, 'out', 'css'), { recursive: true });
+    fs.writeFileSync(path.join(w, 'out', 'css', 'site.css'), 'x');
+    fs.mkdirSync(path.join(w, 'src'));
+    fs.writeFileSync(path.join(w, 'src', 'a.ts'), 'x');
+  });
+  // rm -rf dist, then mkdir dist, by the guest: one sweep of the folder above (not one per
+  // entry), then the pin of the new folder.
+  for (const rel of [['dist', 'js', 'app.js'], ['dist', 'js'], ['dist']]) s.ce.guestChanged(s.share, s.comps(...rel));
+  fs.rmSync(s.h('dist'), { recursive: true });
+  assert.deepEqual(await requests(s, 1), [{ op: 'sweep', path: s.g() }]);
+  fs.mkdirSync(s.h('dist'));
+  assert.deepEqual(await requests(s, 1), [{ op: 'pin', path: s.g('dist') }]);
+  // Both at once (Node may report only out's old entries, and out may get its old inode
+  // number): a sweep that covers out, which the agent pins again as it stands now.
+  for (const rel of [['out', 'css', 'site.css'], ['out', 'css'], ['out']]) s.ce.guestChanged(s.share, s.comps(...rel));
+  fs.rmSync(s.h('out'), { recursive: true });
+  fs.mkdirSync(s.h('out'));
+  const sweep = (await requests(s, 1)).find((r) => r.op === 'sweep');
+  assert.ok(sweep && (sweep.path === s.g() || sweep.path === s.g('out')), JSON.stringify(sweep));
+  // A rename by the guest: the folder it left is swept (the agent re-keys the pins that moved).
+  s.ce.guestChanged(s.share, s.comps('src', 'a.ts'));
+  s.ce.guestChanged(s.share, s.comps('src', 'b.ts'));
+  fs.renameSync(s.h('src', 'a.ts'), s.h('src', 'b.ts'));
+  assert.deepEqual(await requests(s, 1), [{ op: 'sweep', path: s.g('src') }]);
+  // A file the guest only wrote is not swept.
+  s.ce.guestChanged(s.share, s.comps('src', 'b.ts'));
+  fs.appendFileSync(s.h('src', 'b.ts'), 'more');
+  assert.deepEqual(await none(s), []);
+});
+
 test('changes outside the watched folder, and roots outside every share, produce nothing', async (t) => {
   const s = await setup(t);
   fs.writeFileSync(path.join(s.other, 'f'), 'x');

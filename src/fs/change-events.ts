@@ -194,6 +194,8 @@ export class ChangeEvents {
     let appeared: { share: Share; rel: string[]; now: Entry }[] = [];
     const modified: Op[] = [];
     const pins: Op[] = [];
+    /** Folders in which the guest removed, replaced or renamed entries (their pins are swept). */
+    const sweeps = new Map<string, Op>();
     const now = Date.now();
     for (const { share, rel } of batch) {
       const k = key(share, rel);
@@ -203,8 +205,17 @@ export class ChangeEvents {
       if (after) this.snapshot.set(k, after);
       else this.snapshot.delete(k);
       if (echo !== undefined && now - echo < ECHO_MS) {
-        // The guest made this change; a folder it made is only pinned.
-        if (after?.dir && (!before || before.ino !== after.ino)) pins.push({ op: 'pin', share, rel });
+        // The guest made this change: nothing to replay. The agent's pins are kept true: a name
+        // the guest removed, replaced or renamed away is swept in its folder (the agent closes
+        // the pins of what is gone and pins what stands under those names again), and a folder
+        // it made is pinned, after the sweeps. Node may report neither the removal nor the new
+        // folder of a quick `rm -rf d && mkdir d` (only d's old entries), and the host may give
+        // the new d the old one's inode number: the sweep of d's entries still covers d.
+        if (before && (!after || after.ino !== before.ino || after.dev !== before.dev) && rel.length > 0) {
+          const parent = rel.slice(0, -1);
+          sweeps.set(key(share, parent), { op: 'sweep', share, rel: parent });
+        }
+        if (after?.dir && (!before || before.ino !== after.ino || before.dev !== after.dev)) pins.push({ op: 'pin', share, rel });
         continue;
       }
       if (before && (!after || after.ino !== before.ino || after.dev !== before.dev)) vanished.push({ op: before.dir ? 'rmdir' : 'delete', share, rel, before });
@@ -263,11 +274,14 @@ export class ChangeEvents {
       // A folder created with its contents (cp -r, git checkout): its entries appear too.
       if (a.now.dir) for (const child of this.children(a.share, a.rel)) create(child);
     }
-    ops.push(...modified, ...pins);
+    ops.push(...modified);
     if (ops.length > MAX_ACTS_PER_BURST) {
       this.log('warn', 'too many host changes at once; only the first are replayed in containers', { changes: ops.length, replayed: MAX_ACTS_PER_BURST });
       ops.length = MAX_ACTS_PER_BURST;
     }
+    // The guest's own changes, after the host's: they only keep the agent's pins true (a few
+    // sweeps, one per outermost folder; pins bounded like the replays).
+    ops.push(...outermost([...sweeps.values()]), ...pins.slice(0, MAX_ACTS_PER_BURST));
     this.burstGone = new Map(vanished.map((v) => [key(v.share, v.rel), v.before!]));
     try {
       for (const op of ops) await this.replay(op);
@@ -366,6 +380,14 @@ export class ChangeEvents {
       for (const k of views) this.views.delete(k);
     }
   }
+}
+
+/** The sweeps not inside another one's folder (a sweep covers everything below its folder). */
+function outermost(sweeps: Op[]): Op[] {
+  sweeps.sort((x, y) => x.rel.length - y.rel.length);
+  const kept: Op[] = [];
+  for (const s of sweeps) if (!kept.some((k) => k.share === s.share && (under(s.rel, k.rel) || s.rel.join('/') === k.rel.join('/')))) kept.push(s);
+  return kept;
 }
 
 /** `rel` is strictly inside the folder `base`. */

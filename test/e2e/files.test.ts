@@ -287,6 +287,21 @@ describe('files', { timeout: 1_200_000 }, () => {
     assert.equal(logs.count('CREATE /src/inside.txt', from), 1, logs.lines.slice(from).map((l) => l.text).join('\n'));
     assert.equal(logs.count('MOVED_TO /src/inside2.txt', from), 1, logs.lines.slice(from).map((l) => l.text).join('\n'));
     assert.equal(fs.readFileSync(p('inside2.txt'), 'utf8'), 'inside\n');
+
+    // A folder the container removes and makes again (a build's `rm -rf dist && mkdir dist`):
+    // the host's later changes inside the new folder are heard (the agent's pins of the old one
+    // are swept and the new one pinned, docs/files.md "Pins").
+    await docker(['exec', 'watcher', 'sh', '-c', 'rm -rf /src/existing && mkdir /src/existing']);
+    await sleep(1500);
+    const again = new LogFollower(await b.dockerHost(), b.env, ['exec', 'watcher', 'inotifywait', '-m', '--format', '%e %w%f', '/src/existing']);
+    t.after(() => again.stop());
+    await again.waitFor('Watches established.', 30_000);
+    const t0 = performance.now();
+    fs.writeFileSync(p('existing', 'rebuilt.txt'), 'new\n');
+    const ms = (await again.waitFor('CREATE /src/existing/rebuilt.txt', 10_000)) - t0;
+    t.diagnostic(`a folder the container made again: CREATE ${ms.toFixed(0)} ms`);
+    assert.ok(ms < EVENT_WITHIN_MS, `a folder the container made again: CREATE came ${ms.toFixed(0)} ms after the host change`);
+    again.stop();
     await docker(['rm', '-f', 'watcher']);
     started.delete('watcher');
   });
