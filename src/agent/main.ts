@@ -110,12 +110,18 @@ function main(): void {
       return { total: folders.pinnedCount };
     },
     'fs.act': async (p: unknown) => {
-      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; path?: unknown; to?: unknown; size?: unknown };
+      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; path?: unknown; to?: unknown; size?: unknown; cached?: unknown };
       const sizeOk = o.size === undefined || (Number.isSafeInteger(o.size) && (o.size as number) >= 0);
       if (!ACT_OPS.includes(o.op as ActOp) || !isAbsPath(o.path) || (o.to !== undefined && !isAbsPath(o.to)) || !sizeOk) {
         throw Object.assign(new Error('fs.act needs {op, path[, to][, size]} with absolute paths and a size that is a whole number of bytes'), { code: 'USAGE' });
       }
-      await folders.act({ op: o.op as ActOp, path: o.path as string, ...(o.to !== undefined ? { to: o.to as string } : {}), ...(o.size !== undefined ? { size: o.size as number } : {}) });
+      await folders.act({
+        op: o.op as ActOp,
+        path: o.path as string,
+        ...(o.to !== undefined ? { to: o.to as string } : {}),
+        ...(o.size !== undefined ? { size: o.size as number } : {}),
+        ...(o.cached === true ? { cached: true } : {}),
+      });
       return {};
     },
     'engine.status': async () => engine.current,

@@ -143,7 +143,7 @@ export class SharedFolders {
   async act(req: ActRequest): Promise<void> {
     if (req.op === 'rename' && !req.to) throw new Error('rename without a target');
     const op = req.op;
-    if (op === 'pin' || op === 'sweep') {
+    if (op === 'pin' || op === 'sweep' || op === 'unpin') {
       this.follow(req);
       return;
     }
@@ -180,10 +180,17 @@ export class SharedFolders {
   private follow(req: ActRequest): void {
     const covered = (p: string) => this.covered(p);
     if (req.op === 'sweep') this.sweep(req.path);
+    if (req.op === 'unpin') {
+      this.forget(req.path);
+      // cache=loose keeps names nobody holds; the ones just let go of are unused now (2: the
+      // VM's unused names and inodes, not its page cache).
+      if (req.cached) fs.writeFileSync('/proc/sys/vm/drop_caches', '2');
+    }
     if ((req.op === 'mkdir' || req.op === 'pin') && covered(req.path)) {
       // A pin under this name may be of a folder the guest deleted since (made again, it can
       // even have the old inode number on the host, so the host cannot tell).
-      if (this.pins.has(req.path) && this.whereNow(req.path) !== req.path) this.sweep(req.path);
+      const now = this.whereNow(req.path);
+      if (now !== undefined && now !== req.path && realpathOf(req.path) !== now) this.sweep(req.path);
       if (!this.pins.has(req.path)) {
         try {
           this.pins.set(req.path, openDir(req.path));
@@ -231,6 +238,8 @@ export class SharedFolders {
       if (!isWithin(p, dir)) continue;
       const now = whereNow(fd);
       if (now === p) continue;
+      // A root given through a symlink (`-v /share/link/sub:/src`): the kernel names the real path.
+      if (now !== undefined && !now.endsWith(DELETED) && realpathOf(p) === now) continue;
       this.pins.delete(p);
       const gone = now === undefined || (now.endsWith(DELETED) && !fs.existsSync(now));
       if (gone || !this.covered(now!) || this.pins.has(now!)) {
@@ -271,7 +280,7 @@ export class SharedFolders {
 }
 
 /** What the actuator's shell does; $1 and $2 are names in the directories on fds 3 and 4. */
-const SCRIPTS: Record<Exclude<ActOp, 'pin' | 'sweep'>, string> = {
+const SCRIPTS: Record<Exclude<ActOp, 'pin' | 'sweep' | 'unpin'>, string> = {
   // noclobber: the create is O_CREAT|O_EXCL, so the guest emits IN_CREATE; with content ($2, the
   // host's size, not 0), a truncate to that size follows (IN_MODIFY), as a host `echo hi > file`
   // makes. The new file stays open on fd 5 until the agent has pinned it, like a new folder below.
@@ -303,6 +312,14 @@ const DELETED = ' (deleted)';
 function whereNow(fd: number): string | undefined {
   try {
     return fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return undefined;
+  }
+}
+
+function realpathOf(p: string): string | undefined {
+  try {
+    return fs.realpathSync(p);
   } catch {
     return undefined;
   }

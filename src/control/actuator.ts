@@ -7,15 +7,20 @@
 export const ACTUATOR_UID = 2147483646;
 
 /**
- * What the actuator replays. Two ops replay nothing and only keep the agent's pins true:
+ * What the actuator replays. Three ops replay nothing and only keep the agent's pins true:
  * - `pin`: a folder a container made itself is pinned (held open by the agent), so later host
  *   changes inside it reach watchers too;
  * - `sweep`: the guest itself removed, replaced or renamed entries directly in the folder `path`:
  *   the agent drops its pins of what is gone there (and below) and re-keys what moved, so that a
  *   name the guest made again (`rm -rf dist && mkdir dist`) is pinned anew and no descriptor of a
- *   deleted entry is held for ever.
+ *   deleted entry is held for ever;
+ * - `unpin`: the host removed or renamed away `path` in a burst of more changes than the replays
+ *   follow (change-events.ts, MAX_ACTS_PER_BURST): the agent lets go of its pins at `path` and
+ *   below, so the VM forgets those names and its next lookup asks the server (with `cached`, a
+ *   cached share, it also drops the VM's unused names, which cache=loose would keep). Watchers
+ *   hear nothing of those changes; what the VM shows is right again.
  */
-export type ActOp = 'create' | 'mkdir' | 'modify' | 'delete' | 'rmdir' | 'rename' | 'pin' | 'sweep';
+export type ActOp = 'create' | 'mkdir' | 'modify' | 'delete' | 'rmdir' | 'rename' | 'pin' | 'sweep' | 'unpin';
 
 export interface ActRequest {
   op: ActOp;
@@ -29,6 +34,8 @@ export interface ActRequest {
    * server) has it right.
    */
   size?: number;
+  /** unpin: the path is in a cached share (cache=loose). */
+  cached?: boolean;
 }
 
-export const ACT_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename', 'pin', 'sweep'];
+export const ACT_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename', 'pin', 'sweep', 'unpin'];

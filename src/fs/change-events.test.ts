@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ChangeEvents } from './change-events.js';
+import { ChangeEvents, type ChangeEventsLimits } from './change-events.js';
 import type { GoneEntry } from './p9-session.js';
 import { Share } from './share.js';
 import { ACTUATOR_UID, type ActRequest } from '../control/actuator.js';
@@ -37,7 +37,7 @@ interface Setup {
   comps: (...rel: string[]) => string[];
 }
 
-async function setup(t: TestContext, prepare?: (watched: string) => void): Promise<Setup> {
+async function setup(t: TestContext, prepare?: (watched: string) => void, limits?: ChangeEventsLimits): Promise<Setup> {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-ce-'));
   const dir = path.join(base, 'share');
   const watched = path.join(dir, 'watched');
@@ -55,6 +55,7 @@ async function setup(t: TestContext, prepare?: (watched: string) => void): Promi
       await during.fn?.(req);
     },
     () => {},
+    limits,
   );
   t.after(async () => {
     ce.close();
@@ -304,8 +305,8 @@ test("echoes: the guest's own removals and renames sweep the agent's pins in the
   assert.deepEqual(await requests(s, 1), [{ op: 'sweep', path: s.g() }]);
   fs.mkdirSync(s.h('dist'));
   assert.deepEqual(await requests(s, 1), [{ op: 'pin', path: s.g('dist') }]);
-  // Both at once (Node may report only out's old entries, and out may get its old inode
-  // number): a sweep that covers out, which the agent pins again as it stands now.
+  // Both at once (out may get its old inode number and look unchanged): a sweep that covers
+  // out, which the agent pins again as it stands now.
   for (const rel of [['out', 'css', 'site.css'], ['out', 'css'], ['out']]) s.ce.guestChanged(s.share, s.comps(...rel));
   fs.rmSync(s.h('out'), { recursive: true });
   fs.mkdirSync(s.h('out'));
@@ -321,6 +322,76 @@ test("echoes: the guest's own removals and renames sweep the agent's pins in the
   fs.appendFileSync(s.h('src', 'b.ts'), 'more');
   assert.deepEqual(await none(s), []);
 });
+
+test('rm -r of a folder holding folders: its rmdir covers what the watcher did not report, and the tree made again is only created', async (t) => {
+  const s = await setup(t, (w) => {
+    for (const d of ['a', 'b']) {
+      fs.mkdirSync(path.join(w, 'big', d), { recursive: true });
+      for (let i = 0; i < 4; i++) fs.writeFileSync(path.join(w, 'big', d, `f${i}`), 'x');
+    }
+  });
+  fs.rmSync(s.h('big'), { recursive: true });
+  const removed = await requests(s, 1);
+  // Deepest first, ending with big itself (which makes the VM forget all of it).
+  assert.deepEqual(removed.at(-1), { op: 'rmdir', path: s.g('big') });
+  assert.ok(removed.every((r) => r.op === 'delete' || r.op === 'rmdir'), JSON.stringify(removed));
+  // Made again: no delete of the entries the VM no longer has (the snapshot forgot them).
+  fs.mkdirSync(s.h('big', 'b'), { recursive: true });
+  fs.writeFileSync(s.h('big', 'b', 'f3'), 'y');
+  assert.deepEqual(await requests(s, 3), [
+    { op: 'mkdir', path: s.g('big') },
+    { op: 'mkdir', path: s.g('big', 'b') },
+    { op: 'create', path: s.g('big', 'b', 'f3'), size: 1 },
+  ]);
+});
+
+test('more host changes in a burst than the replays follow: the first are replayed, and the VM lets go of the names removed beyond them (unpin, outermost only)', async (t) => {
+  const s = await setup(
+    t,
+    (w) => {
+      fs.mkdirSync(path.join(w, 'flat'));
+      for (let i = 0; i < 8; i++) fs.writeFileSync(path.join(w, 'flat', `f${i}`), 'x');
+      fs.writeFileSync(path.join(w, 'old.txt'), 'x');
+    },
+    { maxActsPerBurst: 5 },
+  );
+  for (let i = 0; i < 8; i++) fs.rmSync(s.h('flat', `f${i}`));
+  fs.renameSync(s.h('old.txt'), s.h('new.txt'));
+  const reqs = await requests(s, 8);
+  // The rename goes first, then four deletes; the other four files are let go of one by one
+  // (their folder stays).
+  assert.equal(reqs.length, 9, JSON.stringify(reqs));
+  assert.deepEqual(reqs[0], { op: 'rename', path: s.g('old.txt'), to: s.g('new.txt') });
+  assert.deepEqual(
+    reqs.slice(1).map((r) => r.op),
+    ['delete', 'delete', 'delete', 'delete', 'unpin', 'unpin', 'unpin', 'unpin'],
+  );
+  const named = reqs.slice(1).map((r) => r.path).sort();
+  assert.deepEqual(named, [0, 1, 2, 3, 4, 5, 6, 7].map((i) => s.g('flat', `f${i}`)).sort());
+});
+
+test('unpin covers what is under a folder the host removed beyond the replays', async (t) => {
+  const s = await setup(
+    t,
+    (w) => {
+      for (const d of ['p', 'q']) {
+        fs.mkdirSync(path.join(w, d));
+        for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(w, d, `f${i}`), 'x');
+      }
+    },
+    { maxActsPerBurst: 2 },
+  );
+  fs.rmSync(s.h('p'), { recursive: true });
+  fs.rmSync(s.h('q'), { recursive: true });
+  const reqs = await requests(s, 3);
+  // Whatever the watcher reported: two replays, and each removed folder is either replayed (rmdir) or
+  // let go of (unpin); no unpin is inside another one's folder.
+  assert.equal(reqs.filter((r) => r.op !== 'unpin').length, 2, JSON.stringify(reqs));
+  for (const d of ['p', 'q']) assert.ok(reqs.some((r) => (r.op === 'rmdir' || r.op === 'unpin') && r.path === s.g(d)), `${d}: ${JSON.stringify(reqs)}`);
+  const unpins = reqs.filter((r) => r.op === 'unpin').map((r) => r.path);
+  for (const u of unpins) assert.ok(!unpins.some((o) => u.startsWith(`${o}/`)), `${u} is inside another unpin`);
+});
+
 
 test('changes outside the watched folder, and roots outside every share, produce nothing', async (t) => {
   const s = await setup(t);

@@ -4,6 +4,7 @@ import type { ActuatorHooks, GoneEntry } from './p9-session.js';
 import type { Share } from './share.js';
 import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
 import { isWithin } from '../util/paths.js';
+import { TreeWatcher } from './tree-watcher.js';
 
 /**
  * Host changes in bind-mounted shared folders, replayed in the guest (docs/files.md "Change
@@ -11,7 +12,7 @@ import { isWithin } from '../util/paths.js';
  * the guest's own changes are echoes to ignore (`guestChanged`), and the actuator's requests need
  * a view of the tree as the guest knew it before the change (`hooks.view`).
  *
- * Host side: Node's recursive fs.watch on each watched folder; events are collected for a short
+ * Host side: a TreeWatcher (one inotify watch per folder) on each watched folder; events are collected for a short
  * window, then each changed path is compared with a snapshot (device, inode, type, size, mtime):
  * a path that vanished and one that appeared with the same inode are a rename; otherwise creates,
  * deletes and modifications. Each becomes one actuator request, in order (renames, deletes deepest
@@ -24,6 +25,13 @@ const ECHO_MS = 2000;
 /** Entries a snapshot keeps per watched folder, and requests one burst may cause. */
 const MAX_SNAPSHOT = 200_000;
 const MAX_ACTS_PER_BURST = 500;
+/** Folders watched per bind-mounted folder (one inotify watch each). */
+const MAX_WATCHED_DIRS = 50_000;
+
+export interface ChangeEventsLimits {
+  /** Replays one burst may cause; the rest is dropped (names the host removed: ActOp 'unpin'). */
+  maxActsPerBurst: number;
+}
 
 interface Entry extends GoneEntry {
   dir: boolean;
@@ -33,7 +41,7 @@ interface Root {
   share: Share;
   /** Relative to the share root. */
   rel: string[];
-  watcher: fs.FSWatcher | undefined;
+  watcher: TreeWatcher | undefined;
 }
 
 /** `size`: create and modify, the host's size now (ActRequest.size). */
@@ -58,6 +66,7 @@ export class ChangeEvents {
     private readonly shares: readonly Share[],
     private readonly actuate: (req: ActRequest) => Promise<void>,
     private readonly log: (level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void,
+    private readonly limits: ChangeEventsLimits = { maxActsPerBurst: MAX_ACTS_PER_BURST },
   ) {
     this.hooks = {
       uid: ACTUATOR_UID,
@@ -95,14 +104,12 @@ export class ChangeEvents {
       const root: Root = { ...w, watcher: undefined };
       const hostDir = path.join(w.share.root, ...w.rel);
       this.scan(w.share, w.rel, hostDir);
-      try {
-        root.watcher = fs.watch(hostDir, { recursive: true }, (_type, filename) => {
-          if (typeof filename === 'string') this.touch(w.share, [...w.rel, ...filename.split(path.sep).filter(Boolean)]);
-        });
-        root.watcher.on('error', (err) => this.log('warn', 'watching a shared folder failed', { path: p, err: err.message }));
-      } catch (err) {
-        this.log('warn', 'cannot watch a shared folder; containers will not see host changes in it', { path: p, err: (err as Error).message });
-      }
+      root.watcher = new TreeWatcher(hostDir, {
+        onChange: (rel) => this.touch(w.share, [...w.rel, ...rel]),
+        onLimit: ({ dir, reason }) => this.log('warn', 'a shared folder is too large to watch entirely; containers will not hear host changes in the folders left out', { path: p, from: dir, reason }),
+        maxDirs: MAX_WATCHED_DIRS,
+      });
+      if (root.watcher.size === 0) this.log('warn', 'cannot watch a shared folder; containers will not see host changes in it', { path: p });
       this.roots.set(p, root);
     }
   }
@@ -208,9 +215,9 @@ export class ChangeEvents {
         // The guest made this change: nothing to replay. The agent's pins are kept true: a name
         // the guest removed, replaced or renamed away is swept in its folder (the agent closes
         // the pins of what is gone and pins what stands under those names again), and a folder
-        // it made is pinned, after the sweeps. Node may report neither the removal nor the new
-        // folder of a quick `rm -rf d && mkdir d` (only d's old entries), and the host may give
-        // the new d the old one's inode number: the sweep of d's entries still covers d.
+        // it made is pinned, after the sweeps. The host may give the new d of a quick `rm -rf d
+        // && mkdir d` the old one's inode number, so d looks unchanged here: the sweep of d's
+        // old entries still covers d, and the agent pins what stands there now.
         if (before && (!after || after.ino !== before.ino || after.dev !== before.dev) && rel.length > 0) {
           const parent = rel.slice(0, -1);
           sweeps.set(key(share, parent), { op: 'sweep', share, rel: parent });
@@ -232,8 +239,8 @@ export class ChangeEvents {
       appeared.splice(appeared.indexOf(a), 1);
       renames.push({ op: 'rename', share: a.share, rel: v.rel, to: a.rel, before: v.before! });
     }
-    // Entries that moved along with a renamed folder are covered by its rename (Node reports
-    // them too, under one name or both).
+    // Entries that moved along with a renamed folder are covered by its rename (the watcher
+    // may report them too, under one name or both).
     renames.sort((x, y) => x.rel.length - y.rel.length);
     const moved: { share: Share; from: string[]; to: string[] }[] = [];
     const movedWith = (share: Share, rel: string[], side: 'from' | 'to') => moved.find((m) => m.share === share && under(rel, m[side]));
@@ -259,6 +266,7 @@ export class ChangeEvents {
       return false;
     });
     for (const m of moved) this.rekey(m.share, m.from, m.to);
+    this.forgetUnder(vanished, new Set(batch.map((b) => key(b.share, b.rel))));
     vanished.sort((x, y) => y.rel.length - x.rel.length);
     ops.push(...vanished);
     appeared.sort((x, y) => x.rel.length - y.rel.length);
@@ -275,24 +283,56 @@ export class ChangeEvents {
       if (a.now.dir) for (const child of this.children(a.share, a.rel)) create(child);
     }
     ops.push(...modified);
-    if (ops.length > MAX_ACTS_PER_BURST) {
-      this.log('warn', 'too many host changes at once; only the first are replayed in containers', { changes: ops.length, replayed: MAX_ACTS_PER_BURST });
-      ops.length = MAX_ACTS_PER_BURST;
+    const max = this.limits.maxActsPerBurst;
+    if (ops.length > max) {
+      this.log('warn', 'too many host changes at once; only the first are replayed in containers', { changes: ops.length, replayed: max });
+      // Names the host removed that are not replayed would stay in the VM (the agent's pins
+      // hold them; a cached share keeps them anyway): a container could not make them again
+      // (mkdir: EEXIST). The VM lets go of them instead, without events (ActOp 'unpin').
+      const dropped = ops.splice(max);
+      const gone = dropped.flatMap((o) => (o.op === 'delete' || o.op === 'rmdir' ? [o.rel] : o.op === 'rename' ? [o.rel, o.to!] : []).map((rel): Op => ({ op: 'unpin', share: o.share, rel })));
+      ops.push(...outermost(gone));
     }
     // The guest's own changes, after the host's: they only keep the agent's pins true (a few
     // sweeps, one per outermost folder; pins bounded like the replays).
-    ops.push(...outermost([...sweeps.values()]), ...pins.slice(0, MAX_ACTS_PER_BURST));
+    ops.push(...outermost([...sweeps.values()]), ...pins.slice(0, max));
     this.burstGone = new Map(vanished.map((v) => [key(v.share, v.rel), v.before!]));
     try {
       for (const op of ops) await this.replay(op);
     } finally {
       this.burstGone.clear();
     }
-    // Changes inside a renamed folder in the same burst: Node reports some of them under one
-    // name, some not at all. Compare the whole moved subtree with the host, as a burst of its own.
+    // Changes inside a renamed folder in the same burst: the watcher reports some of them under
+    // the old name until it watches the new one. Compare the whole moved subtree with the host,
+    // as a burst of its own.
     const again = new Map<string, { share: Share; rel: string[] }>();
     for (const m of moved) for (const rel of this.subtree(m.share, m.to)) again.set(key(m.share, rel), { share: m.share, rel });
     if (again.size > 0) await this.flush([...again.values()]);
+  }
+
+  /**
+   * Takes out of the snapshot what it still holds under removed folders (`rmdir` ops) that the
+   * watcher did not report (a folder beyond its limit, events lost to an inotify queue overflow;
+   * Node 20's recursive fs.watch, used until 2026-12-07, lost most of a removed folder's entries).
+   * Those are not replayed one by one (each replay is a process in the VM, ~25 ms under TCG): the folder's
+   * own rmdir makes the VM forget everything under it (and the agent close its pins there). But
+   * the snapshot must forget them too, or a name made again later would count as replaced (a
+   * delete of what the VM no longer has, then the create). One pass over the snapshot, checking
+   * each entry's folders against the set of removed ones.
+   */
+  private forgetUnder(removed: Op[], known: Set<string>): void {
+    const gone = new Set(removed.filter((v) => v.op === 'rmdir').map((v) => key(v.share, v.rel)));
+    if (gone.size === 0) return;
+    for (const k of [...this.snapshot.keys()]) {
+      if (known.has(k)) continue;
+      const sep = k.indexOf('\0');
+      const rel = k.slice(sep + 1).split('/');
+      for (let n = rel.length - 1; n > 0; n--) {
+        if (!gone.has(`${k.slice(0, sep)}\0${rel.slice(0, n).join('/')}`)) continue;
+        this.snapshot.delete(k);
+        break;
+      }
+    }
   }
 
   /** The paths under `rel` (not itself) in the snapshot or on the host, bounded like a scan. */
@@ -300,11 +340,11 @@ export class ChangeEvents {
     const out = new Map<string, string[]>();
     const prefix = `${key(share, rel)}/`;
     for (const k of this.snapshot.keys()) {
-      if (out.size >= MAX_ACTS_PER_BURST * 4) break;
+      if (out.size >= this.limits.maxActsPerBurst * 4) break;
       if (k.startsWith(prefix)) out.set(k, [...rel, ...k.slice(prefix.length).split('/')]);
     }
     const queue = [rel];
-    while (queue.length > 0 && out.size < MAX_ACTS_PER_BURST * 4) {
+    while (queue.length > 0 && out.size < this.limits.maxActsPerBurst * 4) {
       const dir = queue.shift()!;
       let entries: fs.Dirent[];
       try {
@@ -373,7 +413,13 @@ export class ChangeEvents {
     if (o.op === 'rename' && o.to) set(o.to, { absent: true });
     const guest = (rel: string[]) => path.posix.join(o.share.spec.path, ...rel);
     try {
-      await this.actuate({ op: o.op, path: guest(o.rel), ...(o.to ? { to: guest(o.to) } : {}), ...(o.size !== undefined ? { size: Number(o.size) } : {}) });
+      await this.actuate({
+        op: o.op,
+        path: guest(o.rel),
+        ...(o.to ? { to: guest(o.to) } : {}),
+        ...(o.size !== undefined ? { size: Number(o.size) } : {}),
+        ...(o.op === 'unpin' && o.share.spec.cache ? { cached: true } : {}),
+      });
     } catch (err) {
       this.log('debug', 'a host change was not replayed in the guest', { op: o.op, path: guest(o.rel), err: (err as Error).message });
     } finally {
@@ -382,7 +428,7 @@ export class ChangeEvents {
   }
 }
 
-/** The sweeps not inside another one's folder (a sweep covers everything below its folder). */
+/** The ops whose path is not inside another one's (a sweep or an unpin covers everything below it). */
 function outermost(sweeps: Op[]): Op[] {
   sweeps.sort((x, y) => x.rel.length - y.rel.length);
   const kept: Op[] = [];

@@ -1,0 +1,128 @@
+import fs from 'node:fs';
+import path from 'node:path';
+
+/**
+ * Watches a host folder and every folder below it, one non-recursive `fs.watch` per folder
+ * (inotify on Linux: one watch each, all on the event loop's single inotify descriptor), and
+ * reports each name an event is about, relative to the root.
+ *
+ * Why not `fs.watch(root, { recursive: true })`: on Linux, Node 20 builds that in JavaScript out of
+ * the same per-folder watches and loses events on the way (measured 2026-12-07: 10 of 600 unlinks
+ * in one folder reported, where a plain watch of that folder reported all 600; see also
+ * nodejs/node#48437, #52018, #58868). A lost removal left the name in the VM (docs/files.md
+ * "Change events").
+ *
+ * Contract: `onChange(rel)` is called for every name the kernel reported (created, removed,
+ * renamed from or to, written, attributes changed), possibly more than once, and not for entries
+ * made inside a new folder before its own watch was set up: the caller lists a new folder's
+ * entries itself (ChangeEvents.children). Symbolic links are never followed. At most `maxDirs`
+ * folders are watched; `onLimit` is called once when a folder is left out (or when the kernel's
+ * watch limit is reached).
+ */
+export interface TreeWatcherOptions {
+  onChange: (rel: string[]) => void;
+  onLimit: (info: { dir: string; reason: string }) => void;
+  maxDirs: number;
+}
+
+export class TreeWatcher {
+  /** Watched folders, by path relative to the root ('' is the root). */
+  private readonly dirs = new Map<string, fs.FSWatcher>();
+  private limited = false;
+  private closed = false;
+
+  constructor(
+    private readonly root: string,
+    private readonly o: TreeWatcherOptions,
+  ) {
+    this.watchTree([]);
+  }
+
+  /** How many folders are watched now. */
+  get size(): number {
+    return this.dirs.size;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const w of this.dirs.values()) w.close();
+    this.dirs.clear();
+  }
+
+  /** Watches `rel` and the folders below it (breadth first, bounded). */
+  private watchTree(rel: string[]): void {
+    const queue = [rel];
+    while (queue.length > 0) {
+      const dir = queue.shift()!;
+      if (!this.watchDir(dir)) continue;
+      let entries: fs.Dirent[];
+      try {
+        entries = fs.readdirSync(path.join(this.root, ...dir), { withFileTypes: true });
+      } catch {
+        continue; // gone meanwhile
+      }
+      for (const e of entries) if (e.isDirectory()) queue.push([...dir, e.name]);
+    }
+  }
+
+  /** Starts watching one folder; false if it is not watched (gone, or over a limit). */
+  private watchDir(rel: string[]): boolean {
+    const k = rel.join('/');
+    if (this.closed) return false;
+    if (this.dirs.has(k)) return true;
+    if (this.dirs.size >= this.o.maxDirs) {
+      this.limit(k, `more than ${this.o.maxDirs} folders`);
+      return false;
+    }
+    let w: fs.FSWatcher;
+    try {
+      w = fs.watch(path.join(this.root, ...rel), { persistent: false }, (_type, name) => this.onEvent(rel, name));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // ENOSPC from inotify_add_watch: the kernel's fs.inotify.max_user_watches is reached.
+      if (code === 'ENOSPC') this.limit(k, 'the kernel limit of inotify watches (fs.inotify.max_user_watches) is reached');
+      return false;
+    }
+    // The folder was removed (the watch ends) or is no longer readable: its parent's event
+    // tells the rest.
+    w.on('error', () => this.unwatch(rel));
+    this.dirs.set(k, w);
+    return true;
+  }
+
+  private onEvent(dir: string[], name: string | Buffer | null): void {
+    if (this.closed) return;
+    if (typeof name !== 'string' || name === '') {
+      this.o.onChange(dir);
+      return;
+    }
+    const rel = [...dir, name];
+    this.o.onChange(rel);
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.lstatSync(path.join(this.root, ...rel));
+    } catch {
+      st = undefined;
+    }
+    if (st?.isDirectory()) this.watchTree(rel);
+    else this.unwatch(rel);
+  }
+
+  /** Stops watching `rel` and every folder below it (removed, or replaced by a file). */
+  private unwatch(rel: string[]): void {
+    const k = rel.join('/');
+    if (!this.dirs.has(k)) return; // folders are watched top down: nothing below it either
+    for (const [d, w] of this.dirs) {
+      if (d === k || (k === '' ? true : d.startsWith(`${k}/`))) {
+        w.close();
+        this.dirs.delete(d);
+      }
+    }
+  }
+
+  private limit(dir: string, reason: string): void {
+    if (this.limited) return;
+    this.limited = true;
+    this.o.onLimit({ dir, reason });
+  }
+}
