@@ -12,11 +12,12 @@ import { TreeWatcher } from './tree-watcher.js';
  * the guest's own changes are echoes to ignore (`guestChanged`), and the actuator's requests need
  * a view of the tree as the guest knew it before the change (`hooks.view`).
  *
- * Host side: a TreeWatcher (one inotify watch per folder) on each watched folder; events are collected for a short
- * window, then each changed path is compared with a snapshot (device, inode, type, size, mtime):
- * a path that vanished and one that appeared with the same inode are a rename; otherwise creates,
- * deletes and modifications. Each becomes one actuator request, in order (renames, deletes deepest
- * first, creates shallowest first, then writes), sent one at a time.
+ * Host side: a TreeWatcher (one inotify watch per folder) on each watched folder; events are
+ * collected for a short window, then each changed path is compared with a snapshot (device,
+ * inode, type, size, mtime): a path that vanished and one that appeared with the same inode are a
+ * rename; otherwise creates, deletes and modifications. Each becomes one actuator request, in
+ * order (renames, deletes deepest first, creates shallowest first, then writes), sent one at a
+ * time.
  */
 /** Collects a burst of host events before acting (a save often touches a file several times). */
 const WINDOW_MS = 50;
