@@ -11,7 +11,7 @@ import { median, type BenchResult, type Row } from './report.js';
  * One VM serves all four backends: berth's own VM, started by `berth start` with a BERTH_HOME
  * whose `shares` setting is three temporary folders, one of them cached (`"cache": true`), and with
  * BERTH_QEMU pointing at a two-line wrapper that adds
- * `-virtfs local,path=<a third temporary folder>,mount_tag=bench,security_model=none` to the VM's
+ * `-virtfs local,path=<a fourth temporary folder>,mount_tag=bench,security_model=none` to the VM's
  * QEMU command line. The guest mounts berth's shares as it always does (trans=tcp to berth's file
  * server, msize 512 KiB, access=user; cache=mmap (Linux 6.1: the same as the anchor's cache=none
  * for every workload here, docs/files.md "Transport"), or cache=loose for the cached one, which the
@@ -41,7 +41,7 @@ import { median, type BenchResult, type Row } from './report.js';
  *   (2,000 files: every read costs ~4 round trips without caching, and all 5,000 took ~90 s a run).
  * - big read: `dd if=FILE of=/dev/null bs=1M`, a 200 MiB file the host made.
  * - big write: `dd if=/dev/zero of=FILE bs=1M count=200 conv=fsync` (written through to the host's
- *   disk by the fsync on both).
+ *   disk by the fsync on all).
  * - unpack: busybox `tar -xf` of a tarball of 10,000 small files (100 folders × 100 files of
  *   1–4 KiB) into a new folder in the share; the tarball is copied to the VM's own /run/tmp
  *   first, so only the unpack is timed. busybox tar names each path about eight times (unlink,
