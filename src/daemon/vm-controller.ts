@@ -12,6 +12,7 @@ import { findQemu, type QemuInstall } from '../vm/qemu-binary.js';
 import { chooseAccelerator, fallbackWarning, type Accelerator } from '../vm/accel-probe.js';
 import { VerdictCache } from '../vm/accel-verdicts.js';
 import { watchForAccelFailure } from '../vm/accel-watch.js';
+import { watchForSilentBoot } from '../vm/boot-watch.js';
 import { ensureDataDisk } from '../vm/data-disk.js';
 import { QemuProcess, type QemuExit } from '../vm/qemu-process.js';
 import type { VmConfig } from '../vm/qemu-args.js';
@@ -322,13 +323,15 @@ export class VmController extends EventEmitter {
         exitedEarly.catch(() => {});
         // A hardware accelerator that passed the probe can still fail later in the boot.
         const accelFailure = accelerator === 'tcg' ? undefined : watchForAccelFailure(this.paths.qemuLog, accelerator);
+        // A kernel that never reaches the initramfs (seen once under TCG): boot once more.
+        const silent = watchForSilentBoot(this.paths.vmLog);
         const failures = accelFailure ? [exitedEarly, accelFailure.failed] : [exitedEarly];
         const s = new GuestSession(this.paths, this.log.child('guest'));
         session = s;
         s.connect();
         try {
           const info: GuestInfo = await step(record, 'vm.boot', 'Boot the VM (kernel, init, agent)', async (d) => {
-            const i = await Promise.race([s.waitSession(remaining(deadline)), ...failures]);
+            const i = await Promise.race([s.waitSession(remaining(deadline)), silent.failed, ...failures]);
             const k = i.bootTimes?.initramfs;
             d(k !== undefined ? `kernel reached init at ${k.toFixed(2)} s guest time` : 'agent connected');
             return i;
@@ -340,7 +343,14 @@ export class VmController extends EventEmitter {
           return { started, s, info };
         } finally {
           accelFailure?.stop();
+          silent.stop();
         }
+      };
+      /** Stops what a failed boot left (the session, QEMU) and keeps its logs as *.prev.log. */
+      const discard = async () => {
+        session?.close();
+        if (qemu && !qemu.hasExited) await qemu.quit(3000);
+        await this.rotateLogs();
       };
       let accel = probe.accelerator;
       let booted: Awaited<ReturnType<typeof boot>>;
@@ -348,15 +358,20 @@ export class VmController extends EventEmitter {
         booted = await boot(accel);
       } catch (err) {
         const e = toBerthError(err);
-        if (!(e.code === 'ACCEL_FAILED_AT_RUNTIME' && settings.accelerator === 'auto')) throw err;
-        // The probe passed but the accelerator failed later: remember that, and boot again on TCG.
-        if (probe.verdictKey) await this.verdicts.set(probe.verdictKey, { ok: false, reason: e.message });
-        this.warn(record, fallbackWarning([{ accelerator: accel, ok: false, ms: 0, reason: e.message }]));
-        session?.close();
-        if (qemu && !qemu.hasExited) await qemu.quit(3000);
-        await this.rotateLogs();
-        accel = 'tcg';
-        booted = await boot(accel);
+        if (e.code === 'VM_SILENT_BOOT') {
+          // Once: a second silent kernel fails the start with the same error.
+          this.warn(record, `${e.message} Booting it again (the console log of this boot is kept as vm.prev.log).`);
+          await discard();
+          booted = await boot(accel);
+        } else {
+          if (!(e.code === 'ACCEL_FAILED_AT_RUNTIME' && settings.accelerator === 'auto')) throw err;
+          // The probe passed but the accelerator failed later: remember that, and boot again on TCG.
+          if (probe.verdictKey) await this.verdicts.set(probe.verdictKey, { ok: false, reason: e.message });
+          this.warn(record, fallbackWarning([{ accelerator: accel, ok: false, ms: 0, reason: e.message }]));
+          await discard();
+          accel = 'tcg';
+          booted = await boot(accel);
+        }
       }
       const { started, s, info } = booted;
       const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, mounts: undefined, unavailable: [], proxy: undefined, accelerator: accel, image, startedAt: new Date() };

@@ -33,6 +33,7 @@ export type ErrorCode =
   | 'VM_NOT_RUNNING'
   | 'VM_BUSY'
   | 'VM_START_TIMEOUT'
+  | 'VM_SILENT_BOOT'
   | 'VM_START_FAILED'
   | 'VM_STOP_FORCED'
   | 'AGENT_UNREACHABLE'

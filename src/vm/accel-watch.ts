@@ -1,8 +1,7 @@
-import fs from 'node:fs/promises';
 import { BerthError } from '../util/errors.js';
 import type { Accelerator } from './accel-probe.js';
+import { watchLog } from './log-watch.js';
 
-const POLL_MS = 250;
 /** What QEMU prints on stderr when KVM_RUN fails; the guest is then paused for good. */
 const KVM_INTERNAL_ERROR = /KVM internal error[^\n]*/;
 
@@ -16,31 +15,11 @@ const KVM_INTERNAL_ERROR = /KVM internal error[^\n]*/;
  * `failed` rejects (never resolves) once the failure is seen; `stop()` ends the watch.
  */
 export function watchForAccelFailure(qemuLog: string, accelerator: Accelerator): { failed: Promise<never>; stop: () => void } {
-  let timer: NodeJS.Timeout | undefined;
-  let stopped = false;
-  const failed = new Promise<never>((_, reject) => {
-    const poll = async () => {
-      if (stopped) return;
-      const text = await fs.readFile(qemuLog, 'utf8').catch(() => '');
-      const m = KVM_INTERNAL_ERROR.exec(text);
-      if (m && !stopped) {
-        reject(
-          new BerthError('ACCEL_FAILED_AT_RUNTIME', `${accelerator.toUpperCase()} failed while the guest was running: QEMU reported "${m[0].trim()}" (typical of nested virtualization).`, {
-            hint: 'Run `berth settings set accelerator tcg` to use emulation, or fix hardware virtualization on this host.',
-          }),
-        );
-        return;
-      }
-      if (!stopped) timer = setTimeout(() => void poll(), POLL_MS);
-    };
-    void poll();
+  return watchLog(qemuLog, (text) => {
+    const m = KVM_INTERNAL_ERROR.exec(text);
+    if (!m) return undefined;
+    return new BerthError('ACCEL_FAILED_AT_RUNTIME', `${accelerator.toUpperCase()} failed while the guest was running: QEMU reported "${m[0].trim()}" (typical of nested virtualization).`, {
+      hint: 'Run `berth settings set accelerator tcg` to use emulation, or fix hardware virtualization on this host.',
+    });
   });
-  failed.catch(() => {});
-  return {
-    failed,
-    stop: () => {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-    },
-  };
 }

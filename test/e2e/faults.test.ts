@@ -1,10 +1,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { busyboxRootfsTar, daemonPid, newInstance, qemuPids, sleep, type Instance } from './harness.js';
+import { which } from '../../src/vm/qemu-binary.js';
 
 /**
- * Fault injection on the real VM: kill -9 of QEMU and of the daemon, and durability of a write
- * the guest fsynced before QEMU was killed.
+ * Fault injection on the real VM: kill -9 of QEMU and of the daemon, durability of a write the
+ * guest fsynced before QEMU was killed, and a kernel that never reaches the initramfs.
  */
 describe('faults', { timeout: 1_500_000 }, () => {
   let b: Instance;
@@ -70,6 +73,27 @@ describe('faults', { timeout: 1_500_000 }, () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /already running/);
     assert.deepEqual(qemuPids(b.home), qemuBefore);
+  });
+
+  test('a kernel that prints nothing (hung before the initramfs): start warns, boots the VM again and succeeds', async (t) => {
+    // The VM's first launch starts paused (-S: the guest never runs, as a hung kernel), through
+    // a BERTH_QEMU wrapper; only the VM's launch has -pidfile (the accelerator probe has not).
+    const q = newInstance('silent', { BERTH_SILENT_BOOT_SEC: '5' });
+    t.after(() => q.cleanup());
+    const wrapper = path.join(q.home, 'qemu-wrapper');
+    const qemu = which('qemu-system-x86_64');
+    assert.ok(qemu, 'qemu-system-x86_64');
+    fs.writeFileSync(wrapper, `#!/bin/sh\ncase " $* " in *" -pidfile "*) if [ ! -e '${q.home}/paused-once' ]; then : > '${q.home}/paused-once'; exec '${qemu}' "$@" -S; fi ;; esac\nexec '${qemu}' "$@"\n`, { mode: 0o755 });
+    q.env.BERTH_QEMU = wrapper;
+    const r = await q.berth(['start']);
+    assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout + r.stderr, /kernel printed nothing for 5 s and did not reach berth's initramfs.*Booting it again/s);
+    assert.ok(fs.existsSync(path.join(q.home, 'paused-once')), 'the first launch was paused');
+    assert.doesNotMatch(fs.readFileSync(path.join(q.home, 'logs', 'vm.prev.log'), 'utf8'), /berth-boot:/);
+    assert.match(fs.readFileSync(path.join(q.home, 'logs', 'vm.log'), 'utf8'), /berth-boot: initramfs/);
+    assert.equal(qemuPids(q.home).length, 1, 'one QEMU: the paused one is gone');
+    const v = await q.docker(['version', '--format', '{{.Server.Version}}']);
+    assert.equal(v.code, 0, v.stderr);
   });
 
   test('kill -9 of both daemon and QEMU: start recovers cleanly', async () => {
