@@ -67,6 +67,19 @@ test('a removed folder is no longer watched; a renamed one is watched under its 
   assert.ok(s.seen.has('new/f'), [...s.seen].join(', '));
 });
 
+test('a folder removed and made again under the same name at once is watched again (rm -rf d && mkdir d)', async (t) => {
+  const s = setup(t, (r) => fs.mkdirSync(path.join(r, 'dist', 'js'), { recursive: true }));
+  fs.rmSync(s.h('dist'), { recursive: true });
+  fs.mkdirSync(s.h('dist'));
+  await until(() => s.seen.has('dist'));
+  await sleep(50);
+  s.seen.clear();
+  fs.writeFileSync(s.h('dist', 'new.txt'), 'x');
+  await until(() => s.seen.has('dist/new.txt'));
+  assert.ok(s.seen.has('dist/new.txt'), [...s.seen].join(', '));
+  assert.equal(s.w.size, 2, 'root and the new dist');
+});
+
 test('symbolic links are not followed: changes behind a link to a folder outside are not reported', async (t) => {
   const s = setup(t);
   const outside = path.join(s.base, 'outside');

@@ -76,7 +76,7 @@ export class TreeWatcher {
     }
     let w: fs.FSWatcher;
     try {
-      w = fs.watch(path.join(this.root, ...rel), { persistent: false }, (_type, name) => this.onEvent(rel, name));
+      w = fs.watch(path.join(this.root, ...rel), { persistent: false }, (type, name) => this.onEvent(rel, type, name));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       // ENOSPC from inotify_add_watch: the kernel's fs.inotify.max_user_watches is reached.
@@ -90,7 +90,7 @@ export class TreeWatcher {
     return true;
   }
 
-  private onEvent(dir: string[], name: string | Buffer | null): void {
+  private onEvent(dir: string[], type: string, name: string | Buffer | null): void {
     if (this.closed) return;
     if (typeof name !== 'string' || name === '') {
       this.o.onChange(dir);
@@ -98,6 +98,13 @@ export class TreeWatcher {
     }
     const rel = [...dir, name];
     this.o.onChange(rel);
+    // Only a 'rename' (created, removed, moved) can change which folders stand below the root;
+    // a 'change' (written, attributes) cannot, and a big write makes thousands of them.
+    if (type !== 'rename') return;
+    // Whatever was watched under this name goes: the folder may have been removed, or removed
+    // and made again (`rm -rf d && mkdir d`), when the old watch, keyed by the name, would
+    // keep watching the deleted folder and the new one none.
+    this.unwatch(rel);
     let st: fs.Stats | undefined;
     try {
       st = fs.lstatSync(path.join(this.root, ...rel));
@@ -105,7 +112,6 @@ export class TreeWatcher {
       st = undefined;
     }
     if (st?.isDirectory()) this.watchTree(rel);
-    else this.unwatch(rel);
   }
 
   /** Stops watching `rel` and every folder below it (removed, or replaced by a file). */
