@@ -212,6 +212,8 @@ export class ChangeEvents {
       const after = this.lstat(share, rel);
       if (after) this.snapshot.set(k, after);
       else this.snapshot.delete(k);
+      /** Another entry (or none) stands at this name than the one the guest knew. */
+      const replaced = !before || !after || after.ino !== before.ino || after.dev !== before.dev;
       if (echo !== undefined && now - echo < ECHO_MS) {
         // The guest made this change: nothing to replay. The agent's pins are kept true: a name
         // the guest removed, replaced or renamed away is swept in its folder (the agent closes
@@ -219,15 +221,15 @@ export class ChangeEvents {
         // it made is pinned, after the sweeps. The host may give the new d of a quick `rm -rf d
         // && mkdir d` the old one's inode number, so d looks unchanged here: the sweep of d's
         // old entries still covers d, and the agent pins what stands there now.
-        if (before && (!after || after.ino !== before.ino || after.dev !== before.dev) && rel.length > 0) {
+        if (before && replaced && rel.length > 0) {
           const parent = rel.slice(0, -1);
           sweeps.set(key(share, parent), { op: 'sweep', share, rel: parent });
         }
-        if (after?.dir && (!before || before.ino !== after.ino || before.dev !== after.dev)) pins.push({ op: 'pin', share, rel });
+        if (after?.dir && replaced) pins.push({ op: 'pin', share, rel });
         continue;
       }
-      if (before && (!after || after.ino !== before.ino || after.dev !== before.dev)) vanished.push({ op: before.dir ? 'rmdir' : 'delete', share, rel, before });
-      if (after && (!before || after.ino !== before.ino || after.dev !== before.dev)) appeared.push({ share, rel, now: after });
+      if (before && replaced) vanished.push({ op: before.dir ? 'rmdir' : 'delete', share, rel, before });
+      if (after && replaced) appeared.push({ share, rel, now: after });
       else if (after && before && !after.dir && (after.size !== before.size || after.mtimeNs !== before.mtimeNs)) modified.push({ op: 'modify', share, rel, size: after.size });
     }
     const ops: Op[] = [];
@@ -315,16 +317,17 @@ export class ChangeEvents {
    * Takes out of the snapshot what it still holds under removed folders (`rmdir` ops) that the
    * watcher did not report (a folder beyond its limit, events lost to an inotify queue overflow;
    * Node 20's recursive fs.watch, used until 2026-12-07, lost most of a removed folder's entries).
-   * Those are not replayed one by one (each replay is a process in the VM, ~25 ms under TCG): the folder's
-   * own rmdir makes the VM forget everything under it (and the agent close its pins there). But
-   * the snapshot must forget them too, or a name made again later would count as replaced (a
-   * delete of what the VM no longer has, then the create). One pass over the snapshot, checking
-   * each entry's folders against the set of removed ones.
+   * Those are not replayed one by one (each replay is a process in the VM, ~25 ms under TCG):
+   * the folder's own rmdir makes the VM forget everything under it (and the agent close its pins
+   * there). But the snapshot must forget them too, or a name made again later would count as
+   * replaced (a delete of what the VM no longer has, then the create). One pass over the
+   * snapshot, checking each entry's folders against the set of removed ones.
    */
   private forgetUnder(removed: Op[], known: Set<string>): void {
     const gone = new Set(removed.filter((v) => v.op === 'rmdir').map((v) => key(v.share, v.rel)));
     if (gone.size === 0) return;
-    for (const k of [...this.snapshot.keys()]) {
+    // Deleting the current entry while iterating a Map is safe.
+    for (const k of this.snapshot.keys()) {
       if (known.has(k)) continue;
       const sep = k.indexOf('\0');
       const rel = k.slice(sep + 1).split('/');
@@ -430,10 +433,10 @@ export class ChangeEvents {
 }
 
 /** The ops whose path is not inside another one's (a sweep or an unpin covers everything below it). */
-function outermost(sweeps: Op[]): Op[] {
-  sweeps.sort((x, y) => x.rel.length - y.rel.length);
+function outermost(ops: Op[]): Op[] {
+  ops.sort((x, y) => x.rel.length - y.rel.length);
   const kept: Op[] = [];
-  for (const s of sweeps) if (!kept.some((k) => k.share === s.share && (under(s.rel, k.rel) || s.rel.join('/') === k.rel.join('/')))) kept.push(s);
+  for (const o of ops) if (!kept.some((k) => k.share === o.share && (under(o.rel, k.rel) || o.rel.join('/') === k.rel.join('/')))) kept.push(o);
   return kept;
 }
 
