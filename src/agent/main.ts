@@ -44,12 +44,18 @@ function main(): void {
     mux.peerDisconnected();
   });
 
+  // One Docker API connection. A stream is freed as soon as either end is done: when dockerd
+  // closes the connection, what the host still sends has nowhere to go, so it is read and
+  // dropped and the stream closes with the host's FIN (docs/control.md "Streams").
   mux.handle('docker', (stream: Duplex) => {
     const sock = net.connect(GUEST_ENGINE_PATHS.dockerSocket);
     sock.on('error', (err) => stream.destroy(err));
     stream.on('error', () => sock.destroy());
     sock.on('close', () => {
-      if (!stream.destroyed) stream.end();
+      if (stream.destroyed) return;
+      stream.unpipe(sock);
+      stream.end();
+      stream.resume();
     });
     stream.pipe(sock);
     sock.pipe(stream);
@@ -129,7 +135,7 @@ function main(): void {
       await engine.restart(timeoutFrom(p, 'timeoutMs', 30_000));
       return engine.current;
     },
-    'system.info': async () => ({ ...systemInfo(), agentVersion: AGENT_VERSION, imageKey: readImageKey(), engine: engine.current }),
+    'system.info': async () => ({ ...systemInfo(), agentVersion: AGENT_VERSION, imageKey: readImageKey(), engine: engine.current, streams: mux.streamCount }),
     'system.shutdown': async (p: unknown) => {
       log.info('shutdown requested by the host');
       const result = await prepareShutdown(engine, timeoutFrom(p, 'engineTimeoutMs', 20_000), log);

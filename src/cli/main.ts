@@ -173,6 +173,7 @@ function stoppedStatus(paths: BerthPaths, settings?: Awaited<ReturnType<typeof r
     uptimeSec: null,
     warnings: [],
     failure: null,
+    api: null,
     lastStart: null,
     guestBoot: null,
     network: null,

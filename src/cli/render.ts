@@ -86,6 +86,11 @@ export function renderStatus(s: StatusReport): string {
       lines.push(`network:      ${n.backend}${n.subnet ? ` ${n.subnet}` : ''}, VM ${n.vmAddress || '?'}, host ${n.hostAlias || '?'}${link}`);
       if (n.translatorRestarts > 0) lines.push(`              translator restarted ${n.translatorRestarts}×; last failure: ${n.lastFailure ?? 'unknown'}`);
     }
+    if (s.api) {
+      const a = s.api;
+      const streams = `${a.streams.host} control streams${a.streams.guest === null ? '' : ` (guest ${a.streams.guest})`}`;
+      lines.push(`docker api:   ${a.state}${a.reason ? `: ${a.reason}` : ''}; ${a.connections} connections, ${streams}`);
+    }
     if (s.qemuPid) lines.push(`qemu pid:     ${s.qemuPid}`);
     if (s.uptimeSec !== null) lines.push(`uptime:       ${formatMs(s.uptimeSec * 1000)}`);
   }

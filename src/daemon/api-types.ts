@@ -48,6 +48,12 @@ export interface StatusReport {
   guestBoot: Record<string, number> | null;
   /** The VM's network while it runs (docs/network.md). */
   network: NetworkStatus | null;
+  /**
+   * The Docker API socket while it runs: `degraded` (with the reason) while connections are
+   * turned away or streams to the engine cannot be opened; the open client connections; the
+   * control channel's streams on the host's side and, if the agent answered, on the guest's.
+   */
+  api: { state: 'ok' | 'degraded'; reason?: string; connections: number; streams: { host: number; guest: number | null } } | null;
   home: string;
   logs: { daemon: string; vm: string; agent: string; engine: string };
 }

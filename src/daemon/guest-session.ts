@@ -80,6 +80,11 @@ export class GuestSession extends EventEmitter {
     });
   }
 
+  /** Streams open on the host's side of the control channel. */
+  get streamCount(): number {
+    return this.mux?.streamCount ?? 0;
+  }
+
   /** Resolves with the agent's HELLO info; VM_START_TIMEOUT if the agent does not connect in time. */
   waitSession(timeoutMs: number): Promise<GuestInfo> {
     if (this.info) return Promise.resolve(this.info);

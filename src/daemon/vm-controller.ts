@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import os from 'node:os';
+import { realpathSync } from 'node:fs';
 import http from 'node:http';
 import { BerthError, toBerthError, type SerializedError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -16,8 +17,7 @@ import { watchForSilentBoot } from '../vm/boot-watch.js';
 import { ensureDataDisk } from '../vm/data-disk.js';
 import { QemuProcess, type QemuExit } from '../vm/qemu-process.js';
 import type { VmConfig } from '../vm/qemu-args.js';
-import { DockerProxy } from '../api/docker-proxy.js';
-import { DEFAULT_VM_PATHS, type MountPolicy } from '../api/mount-policy.js';
+import { DockerProxy, type MountPolicy } from '../docker/index.js';
 import { registerDockerContext } from './docker-context.js';
 import { prepareSocketPath } from '../util/unix-socket.js';
 import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
@@ -186,6 +186,7 @@ export class VmController extends EventEmitter {
       lastStart: this.lastStart,
       guestBoot: r?.session.info?.bootTimes ?? null,
       network: r ? networkStatus(r) : null,
+      api: r?.proxy ? { ...r.proxy.health(), streams: { host: r.session.streamCount, guest: await guestStreams(r.session) } } : null,
       home: this.paths.home,
       logs: { daemon: this.paths.daemonLog, vm: this.paths.vmLog, agent: this.paths.agentLog, engine: this.paths.engineLog },
     };
@@ -604,15 +605,21 @@ export class VmController extends EventEmitter {
    */
   private async startProxy(session: GuestSession, shares: readonly ShareSpec[], unavailable: readonly ShareFailure[]): Promise<DockerProxy> {
     const settings = this.settings ?? (await readSettings(this.paths.settings));
-    const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly })), vmPaths: DEFAULT_VM_PATHS, unavailable };
+    const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly, hostRoot: realShareRoot(s.path) })), vmPaths: settings.vmPaths, unavailable };
     const cached = shares.some((s) => s.cache);
-    const proxy = new DockerProxy(settings.dockerSocket ?? this.paths.defaultDockerSocket, () => session.openDocker(), this.log.child('docker-proxy'), () => policy, async (run) => {
-      if (run.kind === 'start') await this.running?.mounts?.prepare(run.id);
-      // A cached share shows a host change only once it is replayed in the guest (docs/files.md
-      // "Caching"): what starts now must not read what was there before the change.
-      if (cached && this.running?.files && !(await this.running.files.drain(DRAIN_TIMEOUT_MS))) {
-        this.log.warn('host changes were not all replayed in the VM before a container or exec started', { run: run.kind, id: run.id, waitedMs: DRAIN_TIMEOUT_MS });
-      }
+    const proxy = new DockerProxy({
+      socketPath: settings.dockerSocket ?? this.paths.defaultDockerSocket,
+      open: () => session.openDocker(),
+      log: this.log.child('docker-proxy'),
+      policy: () => policy,
+      beforeRun: async (run) => {
+        if (run.kind === 'start') await this.running?.mounts?.prepare(run.id);
+        // A cached share shows a host change only once it is replayed in the guest (docs/files.md
+        // "Caching"): what starts now must not read what was there before the change.
+        if (cached && this.running?.files && !(await this.running.files.drain(DRAIN_TIMEOUT_MS))) {
+          this.log.warn('host changes were not all replayed in the VM before a container or exec started', { run: run.kind, id: run.id, waitedMs: DRAIN_TIMEOUT_MS });
+        }
+      },
     });
     await proxy.listen();
     return proxy;
@@ -728,4 +735,23 @@ async function pingDockerThroughProxy(socketPath: string): Promise<number> {
 /** The warning `berth start` and `berth status` show for a share the guest could not mount. */
 export function shareFailureWarning(f: ShareFailure): string {
   return `The shared folder ${f.path} is not mounted in the VM: ${f.reason}. Containers cannot bind-mount it (berth refuses them) until it is. Run \`berth restart\`; if it fails again, \`berth logs vm\` shows the boot's mount errors and \`berth logs daemon\` the file server's.`;
+}
+
+/** The host folder a share's path names (the share may be given through a symlink). */
+function realShareRoot(p: string): string {
+  try {
+    return realpathSync.native(p);
+  } catch {
+    return p;
+  }
+}
+
+/** The guest side's open streams, if the agent answers at once. */
+async function guestStreams(session: GuestSession): Promise<number | null> {
+  try {
+    const info = (await session.rpc('system.info', {}, 1000)) as { streams?: unknown };
+    return typeof info.streams === 'number' ? info.streams : null;
+  } catch {
+    return null;
+  }
 }

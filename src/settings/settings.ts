@@ -39,6 +39,11 @@ export interface Settings {
   'ports.extra': string[];
   /** Host folders shared into the VM at their own paths (docs/files.md); bind mounts must be inside one. */
   shares: ShareSetting[];
+  /**
+   * Paths of the VM itself that containers may bind-mount or use as devices (docs/docker-proxy.md
+   * "What a body may name"). The VM's disks are never allowed.
+   */
+  vmPaths: string[];
 }
 
 export interface ShareSetting {
@@ -66,6 +71,7 @@ export const SETTING_KEYS = [
   'ports.defaultAddress',
   'ports.extra',
   'shares',
+  'vmPaths',
 ] as const;
 export type SettingKey = (typeof SETTING_KEYS)[number];
 
@@ -85,6 +91,7 @@ export function defaultSettings(): Settings {
     'ports.defaultAddress': '127.0.0.1',
     'ports.extra': [],
     shares: [{ path: os.homedir() }, { path: os.tmpdir() }],
+    vmPaths: ['/var/run/docker.sock', '/run/docker.sock', '/dev/fuse', '/dev/net/tun'],
   };
 }
 
@@ -115,6 +122,14 @@ const RULES: Record<SettingKey, Rule> = {
   'network.backend': { check: (v) => (v === 'berth' || v === 'qemu-user' ? undefined : '"berth" or "qemu-user"') },
   'ports.defaultAddress': { check: (v) => (v === '127.0.0.1' || v === '0.0.0.0' ? undefined : '"127.0.0.1" or "0.0.0.0"') },
   shares: { check: sharesProblem },
+  vmPaths: {
+    check: (v) => {
+      const what = 'a list of at most 64 absolute paths of the VM, like ["/var/run/docker.sock", "/dev/fuse"]';
+      if (!Array.isArray(v) || v.length > 64) return what;
+      for (const e of v) if (typeof e !== 'string' || !path.posix.isAbsolute(e) || e.includes('\0') || path.posix.normalize(e) !== e || e === '/') return `${what} (${JSON.stringify(e)} is not a normalized absolute path other than "/")`;
+      return undefined;
+    },
+  },
   'ports.extra': {
     check: (v) => {
       const what = 'a list of at most 64 forwards like "tcp:8022:22" or "udp:127.0.0.1:5353:53"';
