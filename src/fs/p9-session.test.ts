@@ -9,7 +9,7 @@ import { P9Session } from './p9-session.js';
 import { QidMap } from './qids.js';
 import { Share } from './share.js';
 import { MessageDecoder, QTDIR, QTFILE, QTSYMLINK, T } from './p9-wire.js';
-import { Msg, TestClient, decodeReply, errno } from './p9-test-client.js';
+import { Msg, TestClient, decodeReply, errno } from '../../test/support/p9-test-client.js';
 
 /**
  * The 9P2000.L server against a temporary folder: every operation the Linux client uses, the
