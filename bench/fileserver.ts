@@ -21,6 +21,9 @@ import { median, type BenchResult, type Row } from './report.js';
  * names below the share root) in a temporary folder:
  * - walk+getattr+clunk: Twalk of the three names from the root fid, Tgetattr, Tclunk, per file
  *   (what a `find` or `ls -l` costs a cache=mmap mount per entry, less one getattr).
+ * - lookup 8 deep: Twalk of one name from the fid of a folder 8 levels below the root (which is
+ *   how the Linux client looks a name up: from its parent dentry's fid), Tgetattr, Tclunk, per
+ *   file, over 100 files of that folder: what a path's depth costs each request.
  * - open+read+clunk: Twalk, Tlopen (read-only), Tread of 4 KiB, Tclunk, per file (`cat`).
  * - write: new files of 64 MiB each written with 128 Twrites of 512 KiB (as v9fs sends with msize
  *   512 KiB), then clunked, 4 per run (removed after the run, untimed); MiB/s.
@@ -41,8 +44,11 @@ const WRITE_MIB = 64;
 const WRITE_FILES = 4;
 /** Passes over the 2,000 files per timed run. */
 const PASSES = 3;
+const DEEP = ['deep', 'l1', 'l2', 'l3', 'l4', 'l5', 'l6', 'l7'];
+const DEEP_FILES = 100;
 const FID = 2;
 const NEWFID = 3;
+const DEEPFID = 4;
 
 export async function benchFileserver(runs: number): Promise<BenchResult> {
   const base = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'berth-bench-fs-'));
@@ -59,6 +65,8 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
       }
     }
   }
+  fs.mkdirSync(path.join(root, ...DEEP), { recursive: true });
+  for (let i = 0; i < DEEP_FILES; i++) fs.writeFileSync(path.join(root, ...DEEP, `g${i}`), content);
   const share = new Share({ id: 'b', path: root, readOnly: false });
   const session = new P9Session({ shares: new Map([['b', share]]), token: TOKEN, maxMsize: MSIZE, qids: new QidMap(), log: () => {} });
   const client = new TestClient(session);
@@ -75,6 +83,11 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
     for (const n of names) m.str(n);
     return m.build(T.walk, 1);
   });
+  const deepWalks = Array.from({ length: DEEP_FILES }, (_, i) => new Msg().u32(DEEPFID).u32(NEWFID).u16(1).str(`g${i}`).build(T.walk, 1));
+  const deepPaths = Array.from({ length: DEEP_FILES }, (_, i) => path.join(root, ...DEEP, `g${i}`));
+  const deepWalk = new Msg().u32(FID).u32(DEEPFID).u16(DEEP.length);
+  for (const n of DEEP) deepWalk.str(n);
+  send(deepWalk.build(T.walk, 1));
   const getattr = new Msg().u32(NEWFID).u64(0x7ffn).build(T.getattr, 1);
   const lopen = new Msg().u32(NEWFID).u32(0).build(T.lopen, 1);
   const read = new Msg().u32(NEWFID).u64(0).u32(FILE_BYTES).build(T.read, 1);
@@ -97,6 +110,12 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
     send(clunk);
   });
   const walkAnchor = perFile((i) => fs.lstatSync(hostPaths[i]!, { bigint: true }));
+  const deepServer = perFile((i) => {
+    send(deepWalks[i % DEEP_FILES]!);
+    send(getattr);
+    send(clunk);
+  });
+  const deepAnchor = perFile((i) => fs.lstatSync(deepPaths[i % DEEP_FILES]!, { bigint: true }));
   const readServer = perFile((i) => {
     send(walks[i]!);
     send(lopen);
@@ -140,16 +159,18 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
   };
 
   const n = PASSES * files.length;
-  const m = { walk: [[], []], read: [[], []], write: [[], []] } as Record<'walk' | 'read' | 'write', [number[], number[]]>;
+  const m = { walk: [[], []], deep: [[], []], read: [[], []], write: [[], []] } as Record<'walk' | 'deep' | 'read' | 'write', [number[], number[]]>;
   try {
     // One untimed round warms the caches (host dentries, the qid table, V8's compiled code).
     walkServer();
+    deepServer();
     readServer();
     for (let r = 0; r < runs; r++) {
       // Alternate which goes first, so neither always runs on a cache the other warmed.
       const order = r % 2 === 0 ? [0, 1] : [1, 0];
       for (const which of order) {
         m.walk[which]!.push(rate(n, which === 0 ? walkServer : walkAnchor));
+        m.deep[which]!.push(rate(n, which === 0 ? deepServer : deepAnchor));
         m.read[which]!.push(rate(n, which === 0 ? readServer : readAnchor));
         m.write[which]!.push(rate(WRITE_FILES * WRITE_MIB, which === 0 ? writeServer : writeAnchor));
         removeBig();
@@ -157,6 +178,7 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
     }
   } finally {
     session.close();
+    (share as { close?: () => void }).close?.();
     fs.rmSync(base, { recursive: true, force: true });
   }
 
@@ -175,6 +197,7 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
     });
   };
   add('walk+getattr+clunk (3 names)', 3, m.walk);
+  add('lookup 8 deep: walk 1 name+getattr+clunk', 3, m.deep);
   add('walk+lopen+read 4 KiB+clunk', 4, m.read);
   add('write 4 × 64 MiB in 512 KiB Twrites', 0, m.write);
   return {
