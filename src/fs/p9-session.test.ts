@@ -10,6 +10,7 @@ import { QidMap } from './qids.js';
 import { Share } from './share.js';
 import { MessageDecoder, QTDIR, QTFILE, QTSYMLINK, T } from './p9-wire.js';
 import { Msg, TestClient, decodeReply, errno } from '../../test/support/p9-test-client.js';
+import { snapshotTree, treeChanges } from '../../test/support/tree-snapshot.js';
 
 /**
  * The 9P2000.L server against a temporary folder: every operation the Linux client uses, the
@@ -38,6 +39,7 @@ function setup(t: TestContext, opts: { readOnly?: boolean } = {}): { dir: string
   const root = c.attach(`${TOKEN}:home`, 1000);
   t.after(() => {
     session.close();
+    share.close();
     fs.rmSync(base, { recursive: true, force: true });
   });
   return { dir, outside, c, root, session };
@@ -239,6 +241,93 @@ test('security: a directory swapped for a symlink after the walk is not followed
   assert.equal(errno(() => c.lopen(listed, O.RDONLY)), E.ELOOP, 'the symlink itself is not opened as a directory');
   assert.equal(fs.existsSync(path.join(outside, 'planted')), false);
   assert.equal(fs.existsSync(path.join(outside, 'secret')), true);
+});
+
+test('security: every operation through a folder swapped for a symlink outward after the walk fails with ELOOP and touches nothing outside', (t) => {
+  const { dir, outside, c, root } = setup(t);
+  fs.mkdirSync(path.join(dir, 'sub', 'deeper'));
+  fs.writeFileSync(path.join(dir, 'sub', 'deeper', 'b.txt'), 'b');
+  fs.symlinkSync('a.txt', path.join(dir, 'sub', 'lnk'));
+  // The outside folder has every name the requests use, so a request that got through would show.
+  fs.writeFileSync(path.join(outside, 'a.txt'), 'outside a');
+  fs.mkdirSync(path.join(outside, 'deeper'));
+  fs.writeFileSync(path.join(outside, 'deeper', 'b.txt'), 'outside b');
+  fs.mkdirSync(path.join(outside, 'empty'));
+  fs.symlinkSync('outside-target', path.join(outside, 'lnk'));
+  fs.chmodSync(path.join(outside, 'secret'), 0o600);
+  // Fids walked while sub was real, each used once after the swap; deeper/b.txt's folder is two
+  // names deep, so the share keeps a handle on it (share.ts) that the swap must make unusable.
+  const w = (...names: string[]) => c.walk(root, names).fid;
+  const fids = { sub: Array.from({ length: 12 }, () => w('sub')), a: Array.from({ length: 12 }, () => w('sub', 'a.txt')) };
+  const deep = w('sub', 'deeper', 'b.txt');
+  assert.equal(c.getattr(deep).size, 1n);
+  const listed = w('sub', 'deeper');
+  c.lopen(listed, O.RDONLY);
+  const lnk = w('sub', 'lnk');
+  const hello = w('hello.txt');
+  const before = snapshotTree(outside);
+  fs.renameSync(path.join(dir, 'sub'), path.join(dir, 'sub-old'));
+  fs.symlinkSync(outside, path.join(dir, 'sub'));
+  const sub = () => fids.sub.pop()!;
+  const a = () => fids.a.pop()!;
+  const ops: [string, () => unknown][] = [
+    ['walk from it', () => c.walk(sub(), ['a.txt'])],
+    ['walk through it', () => c.walk(root, ['sub', 'a.txt'])],
+    ['getattr', () => c.getattr(a())],
+    ['getattr two deep', () => c.getattr(deep)],
+    ['lopen read', () => c.lopen(a(), O.RDONLY)],
+    ['lopen write', () => c.lopen(a(), O.WRONLY | O.TRUNC)],
+    ['lopen the folder', () => c.lopen(sub(), O.RDONLY)],
+    ['readdir of a folder opened before', () => c.readdir(listed)],
+    ['lcreate', () => c.lcreate(sub(), 'planted', O.RDWR, 0o644)],
+    ['mkdir', () => c.mkdir(sub(), 'planted')],
+    ['symlink', () => c.symlink(sub(), 'planted', '/')],
+    ['mknod', () => c.rpc(T.mknod, new Msg().u32(sub()).str('planted').u32(0o100644).u32(0).u32(0).u32(0))],
+    ['link into it', () => c.link(sub(), hello, 'planted')],
+    ['link from it', () => c.link(root, a(), 'stolen')],
+    ['rename from it', () => c.rpc(T.rename, new Msg().u32(a()).u32(root).str('stolen'))],
+    ['renameat from it', () => c.renameat(sub(), 'a.txt', root, 'stolen')],
+    ['renameat into it', () => c.renameat(root, 'hello.txt', sub(), 'planted')],
+    ['unlinkat', () => c.unlinkat(sub(), 'a.txt')],
+    ['unlinkat a folder', () => c.unlinkat(sub(), 'empty', AT_REMOVEDIR)],
+    ['remove', () => c.rpc(T.remove, new Msg().u32(a()))],
+    ['chmod', () => c.setattr(a(), { valid: 0x1, mode: 0o777 })],
+    ['truncate', () => c.setattr(a(), { valid: 0x8, size: 0n })],
+    ['utimes', () => c.setattr(a(), { valid: 0x20 | 0x100, mtime: [1n, 0n] })],
+    ['readlink', () => c.readlink(lnk)],
+  ];
+  for (const [name, op] of ops) assert.equal(errno(op), E.ELOOP, name);
+  // statfs answers for the share whatever the fid; it names no path.
+  assert.equal(c.rpc(T.statfs, new Msg().u32(a())).body.readUInt32LE(0), 0x01021997);
+  assert.deepEqual(treeChanges(before, snapshotTree(outside)), []);
+  assert.ok(!fs.existsSync(path.join(dir, 'stolen')), 'nothing was moved or linked out of the outside folder');
+  assert.equal(fs.readFileSync(path.join(dir, 'hello.txt'), 'utf8'), 'hello world');
+});
+
+test('a folder the share keeps a handle on is looked up again once the host renamed or replaced it', (t) => {
+  const { dir, c, root } = setup(t);
+  fs.mkdirSync(path.join(dir, 'a', 'b'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'a', 'b', 'c.txt'), 'old');
+  const f = c.walk(root, ['a', 'b', 'c.txt']).fid;
+  assert.equal(c.getattr(f).size, 3n);
+  // Replaced by the host (rm -rf a/b && mkdir a/b): the fid names the new file.
+  fs.renameSync(path.join(dir, 'a', 'b'), path.join(dir, 'a', 'old-b'));
+  fs.mkdirSync(path.join(dir, 'a', 'b'));
+  fs.writeFileSync(path.join(dir, 'a', 'b', 'c.txt'), 'newer');
+  assert.equal(c.getattr(f).size, 5n);
+  // Removed: gone, though the share held the folder open.
+  fs.rmSync(path.join(dir, 'a', 'b'), { recursive: true });
+  assert.equal(errno(() => c.getattr(f)), E.ENOENT);
+  // The folder above renamed: the old path is gone too.
+  fs.mkdirSync(path.join(dir, 'a', 'b'));
+  fs.writeFileSync(path.join(dir, 'a', 'b', 'c.txt'), 'again');
+  assert.equal(c.getattr(f).size, 5n);
+  fs.renameSync(path.join(dir, 'a'), path.join(dir, 'z'));
+  assert.equal(errno(() => c.getattr(f)), E.ENOENT);
+  // A guest rename through the server: fids follow it.
+  fs.renameSync(path.join(dir, 'z'), path.join(dir, 'a'));
+  c.renameat(root, 'a', root, 'y');
+  assert.equal(c.getattr(f).size, 5n);
 });
 
 test('security: a symlink as the last component is never followed by open, truncate or chmod', (t) => {

@@ -1,9 +1,8 @@
 import fs, { constants as C, type BigIntStats } from 'node:fs';
-import path from 'node:path';
 import { timingSafeEqual } from 'node:crypto';
 import { E, errnoOf, P9Error } from './errno.js';
 import { QidMap } from './qids.js';
-import { checkName, type Share } from './share.js';
+import { at, checkName, held, O_PATH, type Share } from './share.js';
 import { direntSize, IOHDRSZ, MAXWELEM, NOFID, parseRequest, ReplyWriter, rempty, rlerror, T, type Qid, type Request } from './p9-wire.js';
 
 /**
@@ -213,7 +212,9 @@ export class P9Session {
         return this.mknod(r);
       case T.readlink: {
         const f = this.fid(r.fid);
-        return new ReplyWriter().str(fs.readlinkSync(f.share.path(f.comps))).finish(T.readlink + 1, r.tag);
+        if (f.comps.length === 0) throw new P9Error(E.EINVAL, 'the share root is not a symlink');
+        const target = f.share.withParent(f.comps, (dirFd, name) => fs.readlinkSync(at(dirFd, name)));
+        return new ReplyWriter().str(target).finish(T.readlink + 1, r.tag);
       }
       case T.link:
         return this.link(r);
@@ -270,7 +271,7 @@ export class P9Session {
     if (this.fids.has(r.fid)) throw new P9Error(E.EBADF, 'fid in use');
     const uid = r.nUname === NOFID ? 0 : r.nUname;
     const actuator = this.o.actuator !== undefined && uid === this.o.actuator.uid;
-    const st = fs.lstatSync(share.root, { bigint: true });
+    const st = fs.fstatSync(share.rootFd, { bigint: true });
     this.fids.set(r.fid, { share, comps: [], uid, actuator });
     return new ReplyWriter().qid(this.o.qids.qid(st)).finish(T.attach + 1, r.tag);
   }
@@ -301,46 +302,67 @@ export class P9Session {
     if (r.newfid !== r.fid && this.fids.has(r.newfid)) throw new P9Error(E.EBADF, 'newfid in use');
     if (from.fd !== undefined || from.dir) throw new P9Error(E.EBADF, 'walk from an open fid');
     if (r.names.length > MAXWELEM) throw new P9Error(E.EINVAL, 'too many names');
+    const share = from.share;
     const qids: Qid[] = [];
-    let comps = [...from.comps];
-    // Where the walk starts must still be a real directory (for the actuator: or one the host
-    // removed that the guest still has, see ActuatorHooks).
-    const startGone = from.actuator && comps.length > 0 && this.o.actuator!.view(from.share, comps);
-    if (r.names.length > 0 && !(startGone && 'gone' in startGone)) from.share.dir(comps);
-    for (const [i, name] of r.names.entries()) {
-      let next: string[];
-      if (name === '..') next = comps.slice(0, -1); // at the root, ".." stays at the root
-      else {
-        checkName(name);
-        next = [...comps, name];
+    const comps = [...from.comps];
+    // A handle on the folder comps[0..depth): from the share (Share.acquire) where the walk starts
+    // or after "..", then each folder the walk enters, opened in the one before it without
+    // following symlinks (share.ts).
+    let dirFd = share.rootFd;
+    let depth = 0;
+    const here = (): number => {
+      if (depth !== comps.length) {
+        share.release(dirFd);
+        dirFd = share.rootFd;
+        depth = 0;
+        dirFd = share.acquire(comps);
+        depth = comps.length;
       }
-      let qid: Qid | undefined;
-      const fake = from.actuator && name !== '..' ? this.o.actuator!.view(from.share, next) : undefined;
-      if (fake && 'absent' in fake) qid = undefined;
-      else if (fake) qid = this.o.qids.qid(goneStat(fake.gone));
-      else {
-        try {
-          const st = fs.lstatSync(next.length ? path.join(from.share.root, ...next) : from.share.root, { bigint: true });
-          // Only directories may be walked through; a symlink or file ends the walk here.
-          if (i < r.names.length - 1 && !st.isDirectory()) {
-            if (i === 0) throw new P9Error(st.isSymbolicLink() ? E.ELOOP : E.ENOTDIR);
+      return dirFd;
+    };
+    try {
+      // Where the walk starts must still be a real directory (for the actuator: or one the host
+      // removed that the guest still has, see ActuatorHooks).
+      const startGone = from.actuator && comps.length > 0 && this.o.actuator!.view(share, comps);
+      if (r.names.length > 0 && !(startGone && 'gone' in startGone)) here();
+      for (const [i, name] of r.names.entries()) {
+        let qid: Qid | undefined;
+        if (name === '..') comps.pop(); // at the root, ".." stays at the root
+        else checkName(name);
+        const fake = from.actuator && name !== '..' ? this.o.actuator!.view(share, [...comps, name]) : undefined;
+        if (fake && 'absent' in fake) qid = undefined;
+        else if (fake) qid = this.o.qids.qid(goneStat(fake.gone));
+        else {
+          try {
+            let st: BigIntStats;
+            if (name === '..') st = fs.fstatSync(here(), { bigint: true });
+            else if (i < r.names.length - 1) {
+              // Only directories may be walked through; a symlink or file ends the walk here.
+              const fd = share.openDir(here(), name);
+              share.release(dirFd);
+              dirFd = fd;
+              depth = comps.length + 1;
+              st = fs.fstatSync(fd, { bigint: true });
+            } else st = fs.lstatSync(at(here(), name), { bigint: true });
+            qid = this.o.qids.qid(st);
+          } catch (err) {
+            if (i === 0) throw err;
             break;
           }
-          qid = this.o.qids.qid(st);
-        } catch (err) {
-          if (i === 0) throw err;
+        }
+        if (!qid) {
+          if (i === 0) throw new P9Error(E.ENOENT);
           break;
         }
+        qids.push(qid);
+        if (name !== '..') comps.push(name);
       }
-      if (!qid) {
-        if (i === 0) throw new P9Error(E.ENOENT);
-        break;
-      }
-      qids.push(qid);
-      comps = next;
+    } finally {
+      // The folder the walk ended in is kept for the requests on the new fid that follow.
+      share.adopt(comps, depth, dirFd);
     }
     if (qids.length === r.names.length) {
-      this.fids.set(r.newfid, { share: from.share, comps, uid: from.uid, actuator: from.actuator });
+      this.fids.set(r.newfid, { share, comps, uid: from.uid, actuator: from.actuator });
     }
     const w = new ReplyWriter(9 + 13 * qids.length).u16(qids.length);
     for (const q of qids) w.qid(q);
@@ -348,7 +370,7 @@ export class P9Session {
   }
 
   private stat(f: Fid): BigIntStats {
-    return fs.lstatSync(f.share.path(f.comps), { bigint: true });
+    return f.share.lstat(f.comps);
   }
 
   private getattr(tag: number, f: Fid): Buffer {
@@ -374,38 +396,51 @@ export class P9Session {
     const f = this.fid(r.fid);
     this.mayChange(f);
     if (f.actuator) return rempty(T.setattr, r.tag); // events.ts: the change happened on the host
-    const p = f.share.path(f.comps);
-    const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : fs.lstatSync(p, { bigint: true });
-    const link = st.isSymbolicLink();
-    if (r.valid & P9_SETATTR.MODE && !link) {
-      const mode = safeMode(r.mode, st.isDirectory());
-      if (f.fd !== undefined) fs.fchmodSync(f.fd, mode);
-      else fs.chmodSync(p, mode);
-    }
-    // UID/GID: accepted and ignored (the host user cannot give files away; QEMU security_model=none).
-    if (r.valid & P9_SETATTR.SIZE) {
-      if (link) throw new P9Error(E.EINVAL, 'truncate a symlink');
-      if (f.fd !== undefined && f.writable) fs.ftruncateSync(f.fd, Number(r.size));
-      else this.withFile(p, C.O_WRONLY, (fd) => fs.ftruncateSync(fd, Number(r.size)));
-    }
-    if (r.valid & (P9_SETATTR.ATIME | P9_SETATTR.MTIME)) {
-      const now = Date.now() / 1000;
-      const atime = r.valid & P9_SETATTR.ATIME ? (r.valid & P9_SETATTR.ATIME_SET ? seconds(r.atimeSec, r.atimeNsec) : now) : Number(st.atimeNs) / 1e9;
-      const mtime = r.valid & P9_SETATTR.MTIME ? (r.valid & P9_SETATTR.MTIME_SET ? seconds(r.mtimeSec, r.mtimeNsec) : now) : Number(st.mtimeNs) / 1e9;
-      if (f.fd !== undefined) fs.futimesSync(f.fd, atime, mtime);
-      else fs.lutimesSync(p, atime, mtime);
+    if (f.fd !== undefined) this.setattrOn(r, f.fd, fs.fstatSync(f.fd, { bigint: true }), f);
+    else if (f.comps.length === 0) this.setattrOn(r, f.share.rootFd, fs.fstatSync(f.share.rootFd, { bigint: true }));
+    else {
+      f.share.withParent(f.comps, (dirFd, name) => {
+        // A handle on the object itself (a symlink stays a symlink), so every change below acts on
+        // what was looked up, whatever the name holds meanwhile.
+        const h = fs.openSync(at(dirFd, name), O_PATH | C.O_NOFOLLOW);
+        try {
+          this.setattrOn(r, h, fs.fstatSync(h, { bigint: true }), undefined, at(dirFd, name));
+        } finally {
+          fs.closeSync(h);
+        }
+      });
     }
     this.changed(f.share, f.comps);
     return rempty(T.setattr, r.tag);
   }
 
-  /** Opens a regular file without following symlinks or blocking on FIFOs, runs fn, closes it. */
-  private withFile<R>(p: string, flags: number, fn: (fd: number) => R): R {
-    const fd = openRegular(p, flags);
-    try {
-      return fn(fd);
-    } finally {
-      fs.closeSync(fd);
+  /**
+   * Applies a Tsetattr to the object held by `h`: the open file of `open`, or else an O_PATH
+   * handle, acted on through /proc/self/fd/h (chmod, truncate and utimes follow that magic link
+   * to exactly the held object; fchmod and the like refuse O_PATH handles). `name` looks up a
+   * symlink itself in its folder's handle (lutimes).
+   */
+  private setattrOn(r: Extract<Request, { type: T.setattr }>, h: number, st: BigIntStats, open?: Fid, name?: string): void {
+    const link = st.isSymbolicLink();
+    if (r.valid & P9_SETATTR.MODE && !link) {
+      const mode = safeMode(r.mode, st.isDirectory());
+      if (open) fs.fchmodSync(h, mode);
+      else fs.chmodSync(held(h), mode);
+    }
+    // UID/GID: accepted and ignored (the host user cannot give files away; QEMU security_model=none).
+    if (r.valid & P9_SETATTR.SIZE) {
+      if (link) throw new P9Error(E.EINVAL, 'truncate a symlink');
+      if (open?.writable) fs.ftruncateSync(h, Number(r.size));
+      else if (st.isFile()) fs.truncateSync(held(h), Number(r.size));
+      else throw new P9Error(st.isDirectory() ? E.EISDIR : E.EACCES, 'truncate of something not a regular file');
+    }
+    if (r.valid & (P9_SETATTR.ATIME | P9_SETATTR.MTIME)) {
+      const now = Date.now() / 1000;
+      const atime = r.valid & P9_SETATTR.ATIME ? (r.valid & P9_SETATTR.ATIME_SET ? seconds(r.atimeSec, r.atimeNsec) : now) : Number(st.atimeNs) / 1e9;
+      const mtime = r.valid & P9_SETATTR.MTIME ? (r.valid & P9_SETATTR.MTIME_SET ? seconds(r.mtimeSec, r.mtimeNsec) : now) : Number(st.mtimeNs) / 1e9;
+      if (open) fs.futimesSync(h, atime, mtime);
+      else if (link) fs.lutimesSync(name!, atime, mtime);
+      else fs.utimesSync(held(h), atime, mtime);
     }
   }
 
@@ -414,23 +449,32 @@ export class P9Session {
 
   private lopen(tag: number, f: Fid, flags: number): Buffer {
     if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
-    const p = f.share.path(f.comps);
-    const st = fs.lstatSync(p, { bigint: true });
     const wantsWrite = (flags & (L.WRONLY | L.RDWR)) !== 0 || (flags & L.TRUNC) !== 0;
-    if (st.isDirectory()) {
+    if (f.actuator) {
+      // events.ts: the actuator opens to make the guest emit IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE;
+      // its writes are not applied, so it needs no real file.
+      const st = this.stat(f);
+      if (st.isDirectory()) {
+        if (wantsWrite) throw new P9Error(E.EISDIR);
+        f.dir = { entries: [] };
+      } else f.writable = wantsWrite;
+      return new ReplyWriter(24).qid(this.o.qids.qid(st)).u32(0).finish(T.lopen + 1, tag);
+    }
+    if (wantsWrite) this.mayChange(f);
+    if (f.comps.length === 0) {
       if (wantsWrite) throw new P9Error(E.EISDIR);
       f.dir = { entries: [] };
+      return new ReplyWriter(24).qid(this.o.qids.qid(fs.fstatSync(f.share.rootFd, { bigint: true }))).u32(0).finish(T.lopen + 1, tag);
+    }
+    // Opened in its folder's handle without following a symlink or waiting on a FIFO; a folder is
+    // opened read-only (with write flags the open fails: EISDIR) and listed at Treaddir.
+    const { fd, st } = f.share.withParent(f.comps, (dirFd, name) => openExisting(at(dirFd, name), hostOpenFlags(flags)));
+    if (st.isDirectory()) {
+      fs.closeSync(fd);
+      f.dir = { entries: [] };
     } else {
-      if (wantsWrite) this.mayChange(f);
-      if (f.actuator) {
-        // events.ts: the actuator opens to make the guest emit IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE;
-        // its writes are not applied, so it needs no real file.
-        f.writable = wantsWrite;
-        f.dir = undefined;
-      } else {
-        f.fd = openRegular(p, hostOpenFlags(flags));
-        f.writable = wantsWrite;
-      }
+      f.fd = fd;
+      f.writable = wantsWrite;
     }
     return new ReplyWriter(24).qid(this.o.qids.qid(st)).u32(0).finish(T.lopen + 1, tag);
   }
@@ -448,8 +492,7 @@ export class P9Session {
       f.writable = true;
       return new ReplyWriter(24).qid(qid).u32(0).finish(T.lcreate + 1, r.tag);
     }
-    const p = path.join(f.share.dir(f.comps), r.name);
-    const fd = fs.openSync(p, hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false));
+    const fd = f.share.withDir(f.comps, (dirFd) => fs.openSync(at(dirFd, r.name), hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false)));
     f.comps = comps;
     f.fd = fd;
     f.writable = true;
@@ -459,7 +502,7 @@ export class P9Session {
 
   /** The qid of what the host has at `comps` (the actuator's creates answer with it). */
   private actuatorQid(f: Fid, comps: string[]): Qid {
-    return this.o.qids.qid(fs.lstatSync(f.share.path(comps), { bigint: true }));
+    return this.o.qids.qid(f.share.lstat(comps));
   }
 
   /** An actuator create or mkdir of what the host made: its qid, and the guest's view of it ends. */
@@ -531,17 +574,30 @@ export class P9Session {
   }
 
   private listDir(f: Fid): DirSnapshot['entries'] {
-    const dir = f.share.dir(f.comps);
-    const here = fs.lstatSync(dir, { bigint: true });
-    const parent = f.comps.length ? fs.lstatSync(path.dirname(dir), { bigint: true }) : here;
+    const share = f.share;
+    if (f.comps.length === 0) return this.listHeld(share.rootFd, share.rootFd);
+    return share.withParent(f.comps, (parentFd, name) => {
+      const fd = share.openDir(parentFd, name);
+      try {
+        return this.listHeld(fd, parentFd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  }
+
+  /** The entries of the folder held by `dirFd`, each looked at in that handle (`parentFd`: ".."). */
+  private listHeld(dirFd: number, parentFd: number): DirSnapshot['entries'] {
+    const here = fs.fstatSync(dirFd, { bigint: true });
+    const parent = parentFd === dirFd ? here : fs.fstatSync(parentFd, { bigint: true });
     const out: DirSnapshot['entries'] = [
       { name: '.', qid: this.o.qids.qid(here), type: DT_DIR },
       { name: '..', qid: this.o.qids.qid(parent), type: DT_DIR },
     ];
-    for (const name of fs.readdirSync(dir)) {
+    for (const name of fs.readdirSync(held(dirFd))) {
       let st: BigIntStats;
       try {
-        st = fs.lstatSync(path.join(dir, name), { bigint: true });
+        st = fs.lstatSync(at(dirFd, name), { bigint: true });
       } catch {
         continue; // gone since the listing
       }
@@ -552,7 +608,7 @@ export class P9Session {
   }
 
   private statfs(tag: number, f: Fid): Buffer {
-    const s = fs.statfsSync(f.share.root, { bigint: true });
+    const s = fs.statfsSync(held(f.share.rootFd), { bigint: true });
     return new ReplyWriter(67)
       .u32(V9FS_MAGIC)
       .u32(Number(s.bsize))
@@ -575,10 +631,12 @@ export class P9Session {
     this.mayChange(d);
     const comps = [...d.comps, r.name];
     if (d.actuator) return new ReplyWriter(20).qid(this.actuatorMade(d, comps)).finish(T.mkdir + 1, r.tag);
-    const p = path.join(d.share.dir(d.comps), r.name);
-    fs.mkdirSync(p, safeMode(r.mode, true));
+    const st = d.share.withDir(d.comps, (dirFd) => {
+      fs.mkdirSync(at(dirFd, r.name), safeMode(r.mode, true));
+      return fs.lstatSync(at(dirFd, r.name), { bigint: true });
+    });
     this.changed(d.share, comps);
-    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mkdir + 1, r.tag);
+    return new ReplyWriter(20).qid(this.o.qids.qid(st)).finish(T.mkdir + 1, r.tag);
   }
 
   private symlink(r: Extract<Request, { type: T.symlink }>): Buffer {
@@ -588,11 +646,13 @@ export class P9Session {
     if (r.target.includes('\0') || r.target === '') throw new P9Error(E.EINVAL, 'bad symlink target');
     const comps = [...d.comps, r.name];
     if (d.actuator) return new ReplyWriter(20).qid(this.actuatorQid(d, comps)).finish(T.symlink + 1, r.tag);
-    const p = path.join(d.share.dir(d.comps), r.name);
     // The target is stored as text and never followed by the server; the guest resolves it.
-    fs.symlinkSync(r.target, p);
+    const st = d.share.withDir(d.comps, (dirFd) => {
+      fs.symlinkSync(r.target, at(dirFd, r.name));
+      return fs.lstatSync(at(dirFd, r.name), { bigint: true });
+    });
     this.changed(d.share, comps);
-    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.symlink + 1, r.tag);
+    return new ReplyWriter(20).qid(this.o.qids.qid(st)).finish(T.symlink + 1, r.tag);
   }
 
   private mknod(r: Extract<Request, { type: T.mknod }>): Buffer {
@@ -603,10 +663,15 @@ export class P9Session {
     // Device nodes, FIFOs and sockets are never made on the host (CVE-2023-2861 class); a regular
     // file (mknod S_IFREG) is an ordinary create.
     if ((r.mode & S_IFMT) !== S_IFREG && (r.mode & S_IFMT) !== 0) throw new P9Error(E.EPERM, 'special files cannot be created in a share');
-    const p = path.join(d.share.dir(d.comps), r.name);
-    fs.closeSync(fs.openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, safeMode(r.mode, false)));
+    const fd = d.share.withDir(d.comps, (dirFd) => fs.openSync(at(dirFd, r.name), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, safeMode(r.mode, false)));
+    let st: BigIntStats;
+    try {
+      st = fs.fstatSync(fd, { bigint: true });
+    } finally {
+      fs.closeSync(fd);
+    }
     this.changed(d.share, [...d.comps, r.name]);
-    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mknod + 1, r.tag);
+    return new ReplyWriter(20).qid(this.o.qids.qid(st)).finish(T.mknod + 1, r.tag);
   }
 
   private link(r: Extract<Request, { type: T.link }>): Buffer {
@@ -616,8 +681,9 @@ export class P9Session {
     this.mayChange(d);
     if (target.share !== d.share) throw new P9Error(E.EXDEV);
     if (d.actuator) return rempty(T.link, r.tag);
+    if (target.comps.length === 0) throw new P9Error(E.EPERM, 'a hard link to the share root');
     // link(2) does not follow a symlink target on Linux.
-    fs.linkSync(target.share.path(target.comps), path.join(d.share.dir(d.comps), r.name));
+    target.share.withParent(target.comps, (fromFd, fromName) => d.share.withDir(d.comps, (toFd) => fs.linkSync(at(fromFd, fromName), at(toFd, r.name))));
     this.changed(d.share, [...d.comps, r.name]);
     return rempty(T.link, r.tag);
   }
@@ -643,7 +709,11 @@ export class P9Session {
     const from = [...fromDir, fromName];
     const to = [...toDir, toName];
     if (!by.actuator) {
-      fs.renameSync(path.join(share.dir(fromDir), fromName), path.join(share.dir(toDir), toName));
+      share.withDir(fromDir, (fromFd) => {
+        // Within one folder (the usual rename) its handle serves both names.
+        if (sameNames(fromDir, toDir)) fs.renameSync(at(fromFd, fromName), at(fromFd, toName));
+        else share.withDir(toDir, (toFd) => fs.renameSync(at(fromFd, fromName), at(toFd, toName)));
+      });
       this.changed(share, from);
       this.changed(share, to);
     } else {
@@ -661,12 +731,8 @@ export class P9Session {
     checkName(r.name);
     this.mayChange(d);
     if (!d.actuator) {
-      const p = path.join(d.share.dir(d.comps), r.name);
-      if (r.flags & AT_REMOVEDIR) fs.rmdirSync(p);
-      else {
-        if (fs.lstatSync(p).isDirectory()) throw new P9Error(E.EISDIR);
-        fs.unlinkSync(p);
-      }
+      // unlink(2) of a folder fails with EISDIR on Linux; neither call follows a symlink.
+      d.share.withDir(d.comps, (dirFd) => (r.flags & AT_REMOVEDIR ? fs.rmdirSync : fs.unlinkSync)(at(dirFd, r.name)));
       this.changed(d.share, [...d.comps, r.name]);
     } else this.o.actuator!.done(d.share, [...d.comps, r.name]);
     return rempty(T.unlinkat, r.tag);
@@ -679,9 +745,14 @@ export class P9Session {
       this.o.actuator!.done(f.share, f.comps);
       return;
     }
-    const p = f.share.path(f.comps);
-    if (fs.lstatSync(p).isDirectory()) fs.rmdirSync(p);
-    else fs.unlinkSync(p);
+    f.share.withParent(f.comps, (dirFd, name) => {
+      try {
+        fs.unlinkSync(at(dirFd, name));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EISDIR') throw err;
+        fs.rmdirSync(at(dirFd, name));
+      }
+    });
     this.changed(f.share, f.comps);
   }
 }
@@ -696,6 +767,10 @@ function direntType(st: BigIntStats): number {
   if (st.isFile()) return DT_REG;
   if (st.isSymbolicLink()) return DT_LNK;
   return DT_UNKNOWN;
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function startsWith(a: readonly string[], prefix: readonly string[]): boolean {
@@ -725,16 +800,19 @@ export function hostOpenFlags(flags: number): number {
 }
 
 /**
- * Opens an existing regular file: O_NOFOLLOW (a symlink fails with ELOOP), O_NONBLOCK (a FIFO
- * swapped in cannot block the server), then refuses anything that is not a regular file
- * (CVE-2023-2861: device nodes, FIFOs and sockets are never opened on the guest's behalf).
+ * Opens an existing file or folder: O_NOFOLLOW (a symlink fails with ELOOP), O_NONBLOCK (a FIFO
+ * swapped in cannot block the server), then refuses anything that is neither a regular file nor a
+ * folder (CVE-2023-2861: device nodes, FIFOs and sockets are never used on the guest's behalf).
  */
-function openRegular(p: string, flags: number): number {
+function openExisting(p: string, flags: number): { fd: number; st: BigIntStats } {
   const fd = fs.openSync(p, flags | C.O_NOFOLLOW | C.O_NONBLOCK);
-  const st = fs.fstatSync(fd);
-  if (!st.isFile()) {
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (st.isFile() || st.isDirectory()) return { fd, st };
+  } catch (err) {
     fs.closeSync(fd);
-    throw new P9Error(st.isDirectory() ? E.EISDIR : E.EACCES, 'not a regular file');
+    throw err;
   }
-  return fd;
+  fs.closeSync(fd);
+  throw new P9Error(E.EACCES, 'not a regular file');
 }
