@@ -119,6 +119,23 @@ test('open, read, write, create, big offsets beyond 4 GiB', (t) => {
   assert.equal(errno(() => c.lcreate(c.walk(root, []).fid, 'new.bin', O.RDWR, 0o644)), E.EEXIST);
 });
 
+test('offsets beyond 2^53: Twrite and a Tsetattr size are refused with EFBIG and change nothing; Tread keeps its exact offset', (t) => {
+  const { dir, c, root } = setup(t);
+  const f = c.walk(root, []).fid;
+  c.lcreate(f, 'big.bin', O.RDWR, 0o644);
+  c.write(f, 0, Buffer.from('abc'));
+  const limit = 2n ** 53n;
+  assert.equal(errno(() => c.write(f, limit, Buffer.from('x'))), E.EFBIG);
+  assert.equal(errno(() => c.write(f, limit - 2n, Buffer.from('xyz'))), E.EFBIG, 'the end of the write counts');
+  assert.equal(errno(() => c.write(f, 2n ** 64n - 1n, Buffer.from('x'))), E.EFBIG);
+  assert.equal(errno(() => c.setattr(f, { valid: 0x8, size: limit })), E.EFBIG);
+  assert.equal(errno(() => c.setattr(c.walk(root, ['big.bin']).fid, { valid: 0x8, size: 2n ** 64n - 1n })), E.EFBIG);
+  assert.equal(fs.readFileSync(path.join(dir, 'big.bin'), 'utf8'), 'abc', 'nothing written at a rounded offset or at the current position');
+  assert.equal(c.read(f, limit + 1n, 10).length, 0, 'read past the end at an exact offset');
+  assert.equal(c.read(f, 1n, 10).toString(), 'bc');
+  assert.equal(errno(() => c.read(f, 2n ** 64n - 1n, 10)), E.EINVAL, 'beyond off_t: EINVAL, as pread says');
+});
+
 test('unlink while open: the open fid keeps reading', (t) => {
   const { dir, c, root } = setup(t);
   const f = c.walk(root, ['hello.txt']).fid;

@@ -113,6 +113,10 @@ const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
+/** Offsets and sizes Node's fs calls take only as numbers (write, truncate): exact up to 2^53 - 1. */
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER);
+/** The largest file position pread takes (off_t). */
+const MAX_POSITION = (1n << 63n) - 1n;
 const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 
@@ -396,6 +400,7 @@ export class P9Session {
     const f = this.fid(r.fid);
     this.mayChange(f);
     if (f.actuator) return rempty(T.setattr, r.tag); // events.ts: the change happened on the host
+    if (r.valid & P9_SETATTR.SIZE && r.size > MAX_EXACT) throw new P9Error(E.EFBIG, 'a size beyond 2^53 - 1');
     if (f.fd !== undefined) this.setattrOn(r, f.fd, fs.fstatSync(f.fd, { bigint: true }), f);
     else if (f.comps.length === 0) this.setattrOn(r, f.share.rootFd, fs.fstatSync(f.share.rootFd, { bigint: true }));
     else {
@@ -531,6 +536,7 @@ export class P9Session {
       if (f.actuator) return new ReplyWriter(11).u32(0).finish(T.read + 1, tag);
       throw new P9Error(E.EBADF, 'read from an unopened fid');
     }
+    if (offset > MAX_POSITION) throw new P9Error(E.EINVAL, 'an offset beyond 2^63 - 1');
     const n = Math.min(count, this.msize - IOHDRSZ);
     const w = new ReplyWriter(11 + n);
     const at = w.length;
@@ -546,6 +552,9 @@ export class P9Session {
     if (f.dir) throw new P9Error(E.EISDIR);
     if (!f.writable) throw new P9Error(E.EBADF, 'fid not open for writing');
     this.mayChange(f);
+    // Node writes at a number position: beyond 2^53 it would round the offset (and a bigint
+    // position makes Node 20 write at the file's current position instead).
+    if (offset + BigInt(data.length) > MAX_EXACT) throw new P9Error(E.EFBIG, 'a write beyond 2^53 - 1');
     // The actuator's writes only make the guest emit IN_MODIFY; the host file already changed.
     const n = f.actuator ? data.length : fs.writeSync(f.fd!, data, 0, data.length, Number(offset));
     if (!f.actuator) this.changed(f.share, f.comps);
