@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { E } from './errno.js';
-import { P9Session } from './p9-session.js';
+import { FidBudget, MAX_FIDS, P9Session } from './p9-session.js';
 import { QidMap } from './qids.js';
 import { Share } from './share.js';
 import { MessageDecoder, QTDIR, QTFILE, QTSYMLINK, T } from './p9-wire.js';
@@ -22,7 +22,7 @@ const TOKEN = 'secret-token';
 const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, TRUNC: 0o1000, DIRECTORY: 0o200000 };
 const AT_REMOVEDIR = 0x200;
 
-function setup(t: TestContext, opts: { readOnly?: boolean } = {}): { dir: string; outside: string; c: TestClient; root: number; session: P9Session } {
+function setup(t: TestContext, opts: { readOnly?: boolean; budget?: FidBudget } = {}): { dir: string; outside: string; c: TestClient; root: number; session: P9Session } {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-9p-'));
   const dir = path.join(base, 'share');
   const outside = path.join(base, 'outside');
@@ -33,7 +33,8 @@ function setup(t: TestContext, opts: { readOnly?: boolean } = {}): { dir: string
   fs.mkdirSync(path.join(dir, 'sub'));
   fs.writeFileSync(path.join(dir, 'sub', 'a.txt'), 'a');
   const share = new Share({ id: 'home', path: dir, readOnly: opts.readOnly ?? false });
-  const session = new P9Session({ shares: new Map([['home', share]]), token: TOKEN, maxMsize: 1 << 20, qids: new QidMap(), log: () => {} });
+  const fidLimits = opts.budget ? { maxFids: MAX_FIDS, budget: opts.budget } : undefined;
+  const session = new P9Session({ shares: new Map([['home', share]]), token: TOKEN, maxMsize: 1 << 20, qids: new QidMap(), log: () => {}, fidLimits });
   const c = new TestClient(session);
   c.version();
   const root = c.attach(`${TOKEN}:home`, 1000);
@@ -413,6 +414,65 @@ test('hostile messages get Rlerror or nothing, never an exception; fids are boun
     session.handle(b); // must not throw
   }
   assert.ok(session.fidCount < 100);
+});
+
+test(`fids are bounded: the ${MAX_FIDS}th fid and beyond get EMFILE, the session keeps answering, and clunked fids make room`, (t) => {
+  const { c, root, session } = setup(t);
+  const deep = c.walk(root, ['sub', 'a.txt']).fid;
+  let n = session.fidCount;
+  for (; n < MAX_FIDS; n++) c.walk(root, []); // clones: a fid costs no host call
+  assert.equal(session.fidCount, MAX_FIDS);
+  assert.equal(errno(() => c.walk(root, [])), E.EMFILE);
+  assert.equal(errno(() => c.walk(root, ['sub'])), E.EMFILE);
+  assert.equal(errno(() => c.attach(`${TOKEN}:home`)), E.EMFILE);
+  // Walking a fid onto itself makes no new one.
+  assert.equal(c.walk(deep, [], deep).fid, deep);
+  assert.equal(c.getattr(deep).size, 1n, 'the session keeps answering');
+  for (const fid of [root + 1, root + 2, root + 3]) c.clunk(fid);
+  const again = c.walk(root, ['sub', 'a.txt']).fid;
+  assert.equal(c.getattr(again).size, 1n);
+  c.walk(root, []);
+  c.walk(root, []);
+  assert.equal(errno(() => c.walk(root, [])), E.EMFILE);
+});
+
+test('fids are bounded by the memory they take too: long names get ENFILE past the budget, and every byte comes back', (t) => {
+  const budget = new FidBudget(64 * 1024);
+  const { dir, c, root, session } = setup(t, { budget });
+  const long = (i: number) => `${i}`.padStart(255, 'x');
+  const names = Array.from({ length: 12 }, (_, i) => long(i)); // 3 KiB: the host's paths end at 4 KiB
+  fs.mkdirSync(path.join(dir, ...names), { recursive: true });
+  const fids: number[] = [];
+  const refused = errno(() => {
+    for (;;) fids.push(c.walk(root, names).fid);
+  });
+  assert.equal(refused, E.ENFILE);
+  assert.ok(budget.used <= budget.limit);
+  // Names are held once however many fids hold them: many fids fit before the budget ends.
+  assert.ok(fids.length > 50, `${fids.length} fids of 12 names of 255 bytes in 64 KiB`);
+  for (const f of fids.splice(0, 10)) c.clunk(f);
+  fids.push(c.walk(root, names).fid);
+  c.walk(root, ['sub'], 999);
+  const used = budget.used;
+  for (let i = 0; i < 100; i++) c.walk(999, [], 999); // a fid walked onto itself again and again costs no more
+  assert.equal(budget.used, used);
+  c.clunk(999);
+  // Creates, renames that fids follow, removes: the budget follows them.
+  const d = c.walk(root, ['sub']).fid;
+  c.lcreate(d, 'made', O.RDWR, 0o644);
+  c.renameat(root, 'sub', root, long(99));
+  c.rpc(T.remove, new Msg().u32(d));
+  const spare = c.walk(root, []).fid;
+  assert.equal(
+    errno(() => {
+      for (;;) fids.push(c.walk(root, []).fid);
+    }),
+    E.ENFILE,
+  );
+  assert.equal(errno(() => c.lcreate(spare, long(98), O.RDWR, 0o644)), E.ENFILE, 'nothing is created when its fid would be over the budget');
+  assert.equal(fs.existsSync(path.join(dir, long(98))), false);
+  session.close();
+  assert.equal(budget.used, 0);
 });
 
 test('the framer refuses sizes below the header or above msize, and splits pipelined messages', () => {

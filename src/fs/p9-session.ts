@@ -33,7 +33,88 @@ export interface SessionOptions {
   actuator?: ActuatorHooks;
   /** Called after the guest (not the actuator) changed a path: its host events are echoes. */
   guestChanged?: (share: Share, comps: readonly string[]) => void;
+  /** Bounds on fids (tests); by default MAX_FIDS per session and the thread's FID_MEMORY. */
+  fidLimits?: { maxFids: number; budget: FidBudget };
 }
+
+/**
+ * Fids a session may hold: beyond, a walk or attach is refused with EMFILE and the session goes
+ * on. A cached mount (v9fs cache=loose) keeps one fid per cached dentry, so a walk of a big tree
+ * legitimately holds tens of thousands. Measured 2026-12-07 (Node 20, 64-bit): a fid costs
+ * 150-200 bytes of heap plus 8 per name of its path (its names are shared: FidBudget), so 200,000
+ * fids 10 names deep take ~50 MB of the file server's 256 MB heap (file-service.ts). Before,
+ * each fid held its own copy of its names in an array with spare room (~360 bytes three short
+ * names deep, several KB with long names), and ~100,000 fids exhausted the heap.
+ */
+export const MAX_FIDS = 200_000;
+
+/**
+ * What the fids of every session in this thread may cost together (FidBudget): beyond, a walk,
+ * attach or create is refused with ENFILE. The count alone does not bound memory: a fid holds
+ * its path, up to 255 bytes a name and as many names as the path has, and the number of
+ * connections is the guest's choice. 96 MiB holds a full session (200,000 fids 10 names deep:
+ * ~55 MB as estimated) with room for the others, and leaves the heap's other users (change
+ * events, listings, messages) the rest.
+ */
+export const FID_MEMORY = 96 * 1024 * 1024;
+
+/** Estimated heap bytes of a fid (object, map entry, array) and of each name it holds (pointer). */
+const FID_BYTES = 192;
+const PER_NAME = 8;
+/** Estimated heap bytes of a distinct name in the table (entry, record, string header) besides its characters. */
+const NAME_BYTES = 112;
+
+/**
+ * The fids of some sessions: what they cost, at most `limit` bytes, and the names they hold.
+ * Every name is held once, however many fids hold it (one string per name: a fid walked from
+ * another shares its names anyway, and "node_modules" or "index.js" are held by thousands), so
+ * a fid costs FID_BYTES + PER_NAME per name, and a name NAME_BYTES + its length while any fid
+ * holds it. The estimates are from above (measured), so the heap the fids take is never more
+ * than `used`.
+ */
+export class FidBudget {
+  used = 0;
+  private readonly names = new Map<string, { name: string; refs: number }>();
+
+  constructor(readonly limit: number) {}
+
+  /**
+   * Takes on a fid of these names: charged (ENFILE beyond the limit, unless `force`), and given
+   * back as an array of exactly their number, of the table's own strings.
+   */
+  take(comps: readonly string[], force = false): string[] {
+    this.used += FID_BYTES + PER_NAME * comps.length;
+    const held = comps.map((c) => {
+      let e = this.names.get(c);
+      if (!e) {
+        e = { name: c, refs: 0 };
+        this.names.set(c, e);
+        this.used += NAME_BYTES + c.length;
+      }
+      e.refs++;
+      return e.name;
+    });
+    if (!force && this.used > this.limit) {
+      this.drop(held);
+      throw new P9Error(E.ENFILE, 'fids over their memory budget');
+    }
+    return held;
+  }
+
+  /** Lets go of a fid taken with these names. */
+  drop(comps: readonly string[]): void {
+    this.used -= FID_BYTES + PER_NAME * comps.length;
+    for (const c of comps) {
+      const e = this.names.get(c)!;
+      if (--e.refs > 0) continue;
+      this.names.delete(c);
+      this.used -= NAME_BYTES + c.length;
+    }
+  }
+}
+
+/** The budget every session of this thread (the file server's worker) shares unless told otherwise. */
+const threadBudget = new FidBudget(FID_MEMORY);
 
 /**
  * The change-event actuator (docs/files.md "Change events"): a guest process whose uid marks its
@@ -92,17 +173,20 @@ interface DirSnapshot {
   entries: { name: string; qid: Qid; type: number }[];
 }
 
-interface Fid {
-  share: Share;
-  comps: string[];
-  uid: number;
-  actuator: boolean;
-  fd?: number;
-  dir?: DirSnapshot;
+/** A fid: every field set in the constructor (one object shape, no property store of its own). */
+class Fid {
+  fd: number | undefined = undefined;
+  dir: DirSnapshot | undefined = undefined;
   /** Opened with write access. */
-  writable?: boolean;
-  /** Xattr fids (Txattrwalk/Txattrcreate): their data, read or written, then discarded. */
-  xattr?: Buffer;
+  writable = false;
+
+  constructor(
+    readonly share: Share,
+    /** Names below the share's root, from FidBudget.take (set only through it). */
+    public comps: readonly string[],
+    readonly uid: number,
+    readonly actuator: boolean,
+  ) {}
 }
 
 const P9_GETATTR_BASIC = 0x7ffn;
@@ -127,9 +211,15 @@ export class P9Session {
   private msize: number;
   private readonly fids = new Map<number, Fid>();
   private readonly serverUid = process.getuid?.() ?? 0;
+  private readonly maxFids: number;
+  private readonly budget: FidBudget;
+  /** The guest reached a bound on fids once (warned once per session). */
+  private fidsLimited = false;
 
   constructor(private readonly o: SessionOptions) {
     this.msize = o.maxMsize;
+    this.maxFids = o.fidLimits?.maxFids ?? MAX_FIDS;
+    this.budget = o.fidLimits?.budget ?? threadBudget;
   }
 
   /** The msize in force (the framer's limit). */
@@ -160,7 +250,10 @@ export class P9Session {
 
   /** Closes every open file (connection gone). */
   close(): void {
-    for (const f of this.fids.values()) this.release(f);
+    for (const f of this.fids.values()) {
+      this.release(f);
+      this.budget.drop(f.comps);
+    }
     this.fids.clear();
   }
 
@@ -191,9 +284,7 @@ export class P9Session {
       case T.readdir:
         return this.readdir(r.tag, this.fid(r.fid), r.offset, r.count);
       case T.clunk: {
-        const f = this.fid(r.fid);
-        this.release(f);
-        this.fids.delete(r.fid);
+        this.dropFid(r.fid, this.fid(r.fid));
         return rempty(T.clunk, r.tag);
       }
       case T.remove: {
@@ -201,8 +292,7 @@ export class P9Session {
         try {
           this.removePath(f);
         } finally {
-          this.release(f);
-          this.fids.delete(r.fid);
+          this.dropFid(r.fid, f);
         }
         return rempty(T.remove, r.tag);
       }
@@ -276,7 +366,7 @@ export class P9Session {
     const uid = r.nUname === NOFID ? 0 : r.nUname;
     const actuator = this.o.actuator !== undefined && uid === this.o.actuator.uid;
     const st = fs.fstatSync(share.rootFd, { bigint: true });
-    this.fids.set(r.fid, { share, comps: [], uid, actuator });
+    this.addFid(r.fid, share, [], uid, actuator);
     return new ReplyWriter().qid(this.o.qids.qid(st)).finish(T.attach + 1, r.tag);
   }
 
@@ -284,6 +374,36 @@ export class P9Session {
     const f = this.fids.get(n);
     if (!f) throw new P9Error(E.EBADF, `unknown fid ${n}`);
     return f;
+  }
+
+  /**
+   * Makes fid `n` a new fid of these names (replacing the one it was: a walk to the same fid),
+   * within the bounds: EMFILE beyond this session's count, ENFILE beyond the budget.
+   */
+  private addFid(n: number, share: Share, comps: readonly string[], uid: number, actuator: boolean): void {
+    const old = this.fids.get(n);
+    try {
+      if (!old && this.fids.size >= this.maxFids) throw new P9Error(E.EMFILE, `more than ${this.maxFids} fids`);
+      this.fids.set(n, new Fid(share, this.budget.take(comps), uid, actuator));
+    } catch (err) {
+      if (!this.fidsLimited) this.o.log('warn', '9p: the guest holds too many fids; new ones are refused until it lets go of some', { fids: this.fids.size, bytes: this.budget.used, err: String(err) });
+      this.fidsLimited = true;
+      throw err;
+    }
+    if (old) this.budget.drop(old.comps);
+  }
+
+  private dropFid(n: number, f: Fid): void {
+    this.release(f);
+    this.fids.delete(n);
+    this.budget.drop(f.comps);
+  }
+
+  /** Gives `f` other names (a create; `force`: a rename above it, which has happened already). */
+  private setComps(f: Fid, comps: readonly string[], force = false): void {
+    const next = this.budget.take(comps, force);
+    this.budget.drop(f.comps);
+    f.comps = next;
   }
 
   private release(f: Fid): void {
@@ -365,9 +485,7 @@ export class P9Session {
       // The folder the walk ended in is kept for the requests on the new fid that follow.
       share.adopt(comps, depth, dirFd);
     }
-    if (qids.length === r.names.length) {
-      this.fids.set(r.newfid, { share, comps, uid: from.uid, actuator: from.actuator });
-    }
+    if (qids.length === r.names.length) this.addFid(r.newfid, share, comps, from.uid, from.actuator);
     const w = new ReplyWriter(9 + 13 * qids.length).u16(qids.length);
     for (const q of qids) w.qid(q);
     return w.finish(T.walk + 1, r.tag);
@@ -489,16 +607,24 @@ export class P9Session {
     if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
     checkName(r.name);
     this.mayChange(f);
-    const comps = [...f.comps, r.name];
+    const dir = f.comps;
+    const comps = dir.concat(r.name);
     if (f.actuator) {
       // The host created it already: answer with what exists, create nothing.
       const qid = this.actuatorMade(f, comps);
-      f.comps = comps;
+      this.setComps(f, comps);
       f.writable = true;
       return new ReplyWriter(24).qid(qid).u32(0).finish(T.lcreate + 1, r.tag);
     }
-    const fd = f.share.withDir(f.comps, (dirFd) => fs.openSync(at(dirFd, r.name), hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false)));
-    f.comps = comps;
+    // The fid's longer name is charged first: over the budget, nothing is created.
+    this.setComps(f, comps);
+    let fd: number;
+    try {
+      fd = f.share.withDir(dir, (dirFd) => fs.openSync(at(dirFd, r.name), hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false)));
+    } catch (err) {
+      this.setComps(f, dir, true);
+      throw err;
+    }
     f.fd = fd;
     f.writable = true;
     this.changed(f.share, comps);
@@ -506,12 +632,12 @@ export class P9Session {
   }
 
   /** The qid of what the host has at `comps` (the actuator's creates answer with it). */
-  private actuatorQid(f: Fid, comps: string[]): Qid {
+  private actuatorQid(f: Fid, comps: readonly string[]): Qid {
     return this.o.qids.qid(f.share.lstat(comps));
   }
 
   /** An actuator create or mkdir of what the host made: its qid, and the guest's view of it ends. */
-  private actuatorMade(f: Fid, comps: string[]): Qid {
+  private actuatorMade(f: Fid, comps: readonly string[]): Qid {
     const qid = this.actuatorQid(f, comps);
     this.o.actuator!.done(f.share, comps);
     return qid;
@@ -712,7 +838,7 @@ export class P9Session {
     return rempty(T.renameat, r.tag);
   }
 
-  private moveEntry(by: Fid, fromDir: string[], fromName: string, toDir: string[], toName: string, share: Share): void {
+  private moveEntry(by: Fid, fromDir: readonly string[], fromName: string, toDir: readonly string[], toName: string, share: Share): void {
     checkName(toName);
     this.mayChange(by);
     const from = [...fromDir, fromName];
@@ -731,7 +857,8 @@ export class P9Session {
     }
     // Fids under the old name follow it (QEMU v9fs_fix_fid_paths).
     for (const f of this.fids.values()) {
-      if (f.share === share && startsWith(f.comps, from)) f.comps = [...to, ...f.comps.slice(from.length)];
+      // Charged, never refused: the rename happened (and the new names are shared strings).
+      if (f.share === share && startsWith(f.comps, from)) this.setComps(f, to.concat(f.comps.slice(from.length)), true);
     }
   }
 
