@@ -2,7 +2,7 @@ import fs, { constants as C, type BigIntStats } from 'node:fs';
 import { timingSafeEqual } from 'node:crypto';
 import { E, errnoOf, P9Error } from './errno.js';
 import { QidMap } from './qids.js';
-import { at, checkName, held, O_PATH, type Share } from './share.js';
+import { at, checkName, held, listFolder, O_PATH, type Share } from './share.js';
 import { direntSize, IOHDRSZ, MAXWELEM, NOFID, parseRequest, ReplyWriter, rempty, rlerror, T, type Qid, type Request } from './p9-wire.js';
 
 /**
@@ -729,16 +729,8 @@ export class P9Session {
       { name: '.', qid: this.o.qids.qid(here), type: DT_DIR },
       { name: '..', qid: this.o.qids.qid(parent), type: DT_DIR },
     ];
-    for (const name of fs.readdirSync(held(dirFd))) {
-      let st: BigIntStats;
-      try {
-        st = fs.lstatSync(at(dirFd, name), { bigint: true });
-      } catch {
-        continue; // gone since the listing
-      }
-      // d_ino reaches userspace through the entry's qid, so it must be the real one (find, du).
-      out.push({ name, qid: this.o.qids.qid(st), type: direntType(st) });
-    }
+    // d_ino reaches userspace through the entry's qid, so it must be the real one (find, du).
+    for (const { name, st } of listFolder(dirFd)) out.push({ name, qid: this.o.qids.qid(st), type: direntType(st) });
     return out;
   }
 

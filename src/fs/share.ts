@@ -190,6 +190,11 @@ export class Share {
     return this.withParent(comps, (dirFd, name) => fs.lstatSync(at(dirFd, name), { bigint: true }));
   }
 
+  /** The entries of the folder `comps` with their attributes (listFolder). */
+  list(comps: readonly string[]): FolderEntry[] {
+    return this.withDir(comps, listFolder);
+  }
+
   assertWritable(): void {
     if (this.spec.readOnly) throw new P9Error(E.EROFS, `share ${this.spec.path} is read-only`);
   }
@@ -233,6 +238,29 @@ export class Share {
       return false;
     }
   }
+}
+
+/** An entry of a folder and its attributes (lstat: a symlink is not followed). */
+export interface FolderEntry {
+  name: string;
+  st: BigIntStats;
+}
+
+/**
+ * The entries of the folder held by `dirFd`: listed through its handle and each looked at in it,
+ * so no entry of another folder is ever listed or looked at. An entry gone since the listing is
+ * left out.
+ */
+export function listFolder(dirFd: number): FolderEntry[] {
+  const out: FolderEntry[] = [];
+  for (const name of fs.readdirSync(held(dirFd))) {
+    try {
+      out.push({ name, st: fs.lstatSync(at(dirFd, name), { bigint: true }) });
+    } catch {
+      // gone since the listing
+    }
+  }
+  return out;
 }
 
 function isSymlink(p: string): boolean {
