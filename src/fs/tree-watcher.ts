@@ -29,6 +29,15 @@ export interface TreeWatcherOptions {
   maxDirs: number;
 }
 
+/** Folder handles a tree walk keeps open for the subfolders still to visit. */
+const MAX_OPEN_PARENTS = 64;
+
+/** A folder's handle, kept until `waiting` subfolders of it have been visited. */
+interface Parent {
+  fd: number;
+  waiting: number;
+}
+
 export class TreeWatcher {
   /** Watched folders, by path relative to the root ('' is the root). */
   private readonly dirs = new Map<string, fs.FSWatcher>();
@@ -57,26 +66,44 @@ export class TreeWatcher {
 
   /** Watches `rel` and the folders below it (breadth first, bounded); not a folder (a symlink, a file, gone): nothing. */
   private watchTree(rel: string[]): void {
-    const queue = [rel];
+    // Each folder is opened in its parent's handle, which stays open until its last subfolder is
+    // reached (at most MAX_OPEN_PARENTS at once; beyond, a folder is looked up from the share).
+    const queue: { rel: string[]; parent: Parent | undefined }[] = [{ rel, parent: undefined }];
+    let open = 0;
     while (queue.length > 0) {
-      const dir = queue.shift()!;
-      let fd: number;
+      const { rel: dir, parent } = queue.shift()!;
+      let fd: number | undefined;
       try {
-        fd = this.share.acquire([...this.base, ...dir]);
+        fd = parent ? this.share.openDir(parent.fd, dir[dir.length - 1]!) : this.share.acquire([...this.base, ...dir]);
       } catch {
-        continue; // gone meanwhile, or no longer a folder
+        fd = undefined; // gone meanwhile, or no longer a folder
       }
+      if (parent && --parent.waiting === 0) {
+        this.share.release(parent.fd);
+        open--;
+      }
+      if (fd === undefined) continue;
+      let kept = false;
       try {
         if (!this.watchDir(dir, fd)) continue;
-        let entries: fs.Dirent[];
+        let subfolders: string[];
         try {
-          entries = fs.readdirSync(held(fd), { withFileTypes: true });
+          subfolders = fs
+            .readdirSync(held(fd), { withFileTypes: true })
+            .filter((e) => e.isDirectory())
+            .map((e) => e.name);
         } catch {
           continue; // gone meanwhile
         }
-        for (const e of entries) if (e.isDirectory()) queue.push([...dir, e.name]);
+        if (subfolders.length === 0) continue;
+        const p = open < MAX_OPEN_PARENTS ? { fd, waiting: subfolders.length } : undefined;
+        if (p) {
+          kept = true;
+          open++;
+        }
+        for (const name of subfolders) queue.push({ rel: [...dir, name], parent: p });
       } finally {
-        this.share.release(fd);
+        if (!kept) this.share.release(fd);
       }
     }
   }
