@@ -8,6 +8,7 @@ import { ChangeEvents, type ChangeEventsLimits } from './change-events.js';
 import type { GoneEntry } from './p9-session.js';
 import { Share } from './share.js';
 import { ACTUATOR_UID, type ActRequest } from '../control/actuator.js';
+import { shareWithOutwardLinks } from '../../test/support/outward-links.js';
 
 /**
  * Change events (docs/files.md "Change events") against a temporary folder: host changes made
@@ -405,14 +406,7 @@ test('changes outside the watched folder, and roots outside every share, produce
 });
 
 test('a bind-mount source that is a symlink to a folder outside the share, or lies behind one, is not watched: a warning names it, and changes there are not replayed', async (t) => {
-  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-ce-'));
-  const dir = path.join(base, 'share');
-  const outside = path.join(base, 'outside');
-  fs.mkdirSync(dir);
-  fs.mkdirSync(path.join(outside, 'sub'), { recursive: true });
-  fs.writeFileSync(path.join(outside, 'file'), 'x');
-  fs.symlinkSync(outside, path.join(dir, 'link'));
-  fs.symlinkSync(outside, path.join(dir, 'behind'));
+  const { dir, outside } = shareWithOutwardLinks(t, 'berth-ce-');
   const share = new Share({ id: 'home', path: dir, readOnly: false });
   const reqs: ActRequest[] = [];
   const warnings: string[] = [];
@@ -429,7 +423,6 @@ test('a bind-mount source that is a symlink to a folder outside the share, or li
     ce.close();
     await ce.settled();
     share.close();
-    fs.rmSync(base, { recursive: true, force: true });
   });
   const roots = [path.join(dir, 'link'), path.join(dir, 'behind', 'sub')];
   ce.setRoots(roots);

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TreeWatcher } from './tree-watcher.js';
 import { Share } from './share.js';
+import { shareWithOutwardLinks } from '../../test/support/outward-links.js';
 
 /** A TreeWatcher on the folder `root` of a share in a temporary folder of this host; names reported, as 'a/b' strings. */
 function setup(t: TestContext, prepare?: (root: string) => void, maxDirs = 1000) {
@@ -99,13 +100,7 @@ test('symbolic links are not followed: changes behind a link to a folder outside
 });
 
 test('a folder that is a symlink to one outside the share, or lies behind one, is not watched: nothing outside is reported', async (t) => {
-  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-tw-'));
-  const dir = path.join(base, 'share');
-  const outside = path.join(base, 'outside');
-  fs.mkdirSync(dir);
-  fs.mkdirSync(path.join(outside, 'sub'), { recursive: true });
-  fs.symlinkSync(outside, path.join(dir, 'link'));
-  fs.symlinkSync(outside, path.join(dir, 'behind'));
+  const { dir, outside } = shareWithOutwardLinks(t, 'berth-tw-');
   const share = new Share({ id: 's', path: dir, readOnly: false });
   const seen: string[] = [];
   const opts = { onChange: (rel: string[]) => seen.push(rel.join('/')), onLimit: () => {}, maxDirs: 1000 };
@@ -115,7 +110,6 @@ test('a folder that is a symlink to one outside the share, or lies behind one, i
     link.close();
     behind.close();
     share.close();
-    fs.rmSync(base, { recursive: true, force: true });
   });
   assert.equal(link.size, 0);
   assert.equal(behind.size, 0);
