@@ -178,7 +178,7 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
     }
   } finally {
     session.close();
-    (share as { close?: () => void }).close?.();
+    share.close();
     fs.rmSync(base, { recursive: true, force: true });
   }
 
