@@ -8,6 +8,7 @@ import { ChangeEvents, type ChangeEventsLimits } from './change-events.js';
 import type { GoneEntry } from './p9-session.js';
 import { Share } from './share.js';
 import { ACTUATOR_UID, type ActRequest } from '../control/actuator.js';
+import { shareWithOutwardLinks } from '../../test/support/outward-links.js';
 
 /**
  * Change events (docs/files.md "Change events") against a temporary folder: host changes made
@@ -60,6 +61,7 @@ async function setup(t: TestContext, prepare?: (watched: string) => void, limits
   t.after(async () => {
     ce.close();
     await ce.settled();
+    share.close();
     fs.rmSync(base, { recursive: true, force: true });
   });
   ce.setRoots([watched]);
@@ -401,6 +403,44 @@ test('changes outside the watched folder, and roots outside every share, produce
   s.ce.setRoots([s.watched, path.join(path.dirname(s.dir), 'not-shared'), '/definitely/not/shared']);
   fs.writeFileSync(path.join(s.other, 'g'), 'x');
   assert.deepEqual(await none(s), []);
+});
+
+test('a bind-mount source that is a symlink to a folder outside the share, or lies behind one, is not watched: a warning names it, and changes there are not replayed', async (t) => {
+  const { dir, outside } = shareWithOutwardLinks(t, 'berth-ce-');
+  const share = new Share({ id: 'home', path: dir, readOnly: false });
+  const reqs: ActRequest[] = [];
+  const warnings: string[] = [];
+  const ce = new ChangeEvents(
+    [share],
+    async (req) => {
+      reqs.push(req);
+    },
+    (level, msg, fields) => {
+      if (level === 'warn') warnings.push(`${String(fields?.path)}: ${msg}`);
+    },
+  );
+  t.after(async () => {
+    ce.close();
+    await ce.settled();
+    share.close();
+  });
+  const roots = [path.join(dir, 'link'), path.join(dir, 'behind', 'sub')];
+  ce.setRoots(roots);
+  assert.deepEqual(
+    warnings.map((w) => w.slice(0, w.indexOf(':'))),
+    roots,
+  );
+  assert.match(warnings[0]!, /symlink/);
+  fs.writeFileSync(path.join(outside, 'new.txt'), 'x');
+  fs.appendFileSync(path.join(outside, 'file'), 'more');
+  fs.writeFileSync(path.join(outside, 'sub', 'new.txt'), 'x');
+  fs.mkdirSync(path.join(outside, 'sub', 'dir'));
+  await sleep(200);
+  await ce.settled();
+  assert.deepEqual(reqs, []);
+  // Setting the same roots again does not warn again.
+  ce.setRoots(roots);
+  assert.equal(warnings.length, 2);
 });
 
 test('setRoots([]) stops requests; setting the root again resumes them', async (t) => {

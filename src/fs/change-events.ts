@@ -1,5 +1,6 @@
-import fs from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
+import { E, errnoOf } from './errno.js';
 import type { ActuatorHooks, GoneEntry } from './p9-session.js';
 import type { Share } from './share.js';
 import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
@@ -12,7 +13,9 @@ import { TreeWatcher } from './tree-watcher.js';
  * the guest's own changes are echoes to ignore (`guestChanged`), and the actuator's requests need
  * a view of the tree as the guest knew it before the change (`hooks.view`).
  *
- * Host side: a TreeWatcher (one inotify watch per folder) on each watched folder; events are
+ * Host side: a TreeWatcher (one inotify watch per folder) on each watched folder; only folders
+ * beneath a share's real root are watched, looked up like the file server's requests (share.ts:
+ * a bind-mount source that is a symlink, or lies behind one, is not watched); events are
  * collected for a short window, then each changed path is compared with a snapshot (device,
  * inode, type, size, mtime): a path that vanished and one that appeared with the same inode are a
  * rename; otherwise creates, deletes and modifications. Each becomes one actuator request, in
@@ -103,15 +106,24 @@ export class ChangeEvents {
     for (const [p, w] of wanted) {
       if (this.roots.has(p)) continue;
       const root: Root = { ...w, watcher: undefined };
-      const hostDir = path.join(w.share.root, ...w.rel);
-      this.scan(w.share, w.rel, hostDir);
-      root.watcher = new TreeWatcher(hostDir, {
+      this.roots.set(p, root);
+      try {
+        w.share.withDir(w.rel, () => undefined);
+      } catch (err) {
+        // The guest names the folder; on the host it may be a symlink to anywhere (/etc): only
+        // folders beneath the share's real root are watched.
+        if (errnoOf(err) === E.ELOOP) {
+          this.log('warn', 'a bind-mounted shared folder is a symlink or lies behind one; it is not watched, and containers will not see host changes in it', { path: p });
+          continue;
+        }
+      }
+      this.scan(w.share, w.rel, p);
+      root.watcher = new TreeWatcher(w.share, w.rel, {
         onChange: (rel) => this.touch(w.share, [...w.rel, ...rel]),
         onLimit: ({ dir, reason }) => this.log('warn', 'a shared folder is too large to watch entirely; containers will not hear host changes in the folders left out', { path: p, from: dir, reason }),
         maxDirs: MAX_WATCHED_DIRS,
       });
       if (root.watcher.size === 0) this.log('warn', 'cannot watch a shared folder; containers will not see host changes in it', { path: p });
-      this.roots.set(p, root);
     }
   }
 
@@ -151,33 +163,40 @@ export class ChangeEvents {
     return undefined;
   }
 
-  private scan(share: Share, rel: string[], hostDir: string): void {
-    const queue: string[][] = [rel];
-    let n = 0;
+  /** Records `rel` and everything below it in the snapshot (breadth first, bounded); `guestPath` names it in a warning. */
+  private scan(share: Share, rel: string[], guestPath: string): void {
+    const top = this.lstat(share, rel);
+    if (!top) return;
+    this.snapshot.set(key(share, rel), top);
+    let n = 1;
+    const queue: string[][] = top.dir ? [rel] : [];
     while (queue.length > 0 && n < MAX_SNAPSHOT) {
-      const r = queue.shift()!;
-      const st = this.lstat(share, r);
-      if (!st) continue;
-      this.snapshot.set(key(share, r), st);
-      n++;
-      if (!st.dir) continue;
-      let names: string[];
-      try {
-        names = fs.readdirSync(path.join(share.root, ...r));
-      } catch {
-        continue;
+      const dir = queue.shift()!;
+      for (const e of this.list(share, dir)) {
+        const r = [...dir, e.name];
+        this.snapshot.set(key(share, r), e.entry);
+        n++;
+        if (e.entry.dir) queue.push(r);
       }
-      for (const name of names) queue.push([...r, name]);
     }
-    if (queue.length > 0) this.log('warn', 'shared folder too large to follow entirely for change events', { path: hostDir, entries: n });
+    if (queue.length > 0) this.log('warn', 'shared folder too large to follow entirely for change events', { path: guestPath, entries: n });
   }
 
+  /** What is at `rel` now, looked up beneath the share's root without following symlinks. */
   private lstat(share: Share, rel: string[]): Entry | undefined {
     try {
-      const st = fs.lstatSync(path.join(share.root, ...rel), { bigint: true });
-      return { dev: st.dev, ino: st.ino, dir: st.isDirectory(), mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: st.size, mtimeNs: st.mtimeNs };
+      return entry(share.lstat(rel));
     } catch {
       return undefined;
+    }
+  }
+
+  /** The entries of the folder `rel` now (none when it is gone or no longer a folder), by name. */
+  private list(share: Share, rel: string[]): { name: string; entry: Entry }[] {
+    try {
+      return share.list(rel).map(({ name, st }) => ({ name, entry: entry(st) }));
+    } catch {
+      return [];
     }
   }
 
@@ -350,16 +369,10 @@ export class ChangeEvents {
     const queue = [rel];
     while (queue.length > 0 && out.size < this.limits.maxActsPerBurst * 4) {
       const dir = queue.shift()!;
-      let entries: fs.Dirent[];
-      try {
-        entries = fs.readdirSync(path.join(share.root, ...dir), { withFileTypes: true });
-      } catch {
-        continue;
-      }
-      for (const e of entries) {
+      for (const e of this.list(share, dir)) {
         const r = [...dir, e.name];
         out.set(key(share, r), r);
-        if (e.isDirectory()) queue.push(r);
+        if (e.entry.dir) queue.push(r);
       }
     }
     return [...out.values()];
@@ -368,16 +381,8 @@ export class ChangeEvents {
   /** Creates for the entries of a new host folder (recorded in the snapshot as they are found). */
   private children(share: Share, rel: string[]): Op[] {
     const out: Op[] = [];
-    let names: string[];
-    try {
-      names = fs.readdirSync(path.join(share.root, ...rel)).sort();
-    } catch {
-      return out;
-    }
-    for (const name of names) {
+    for (const { name, entry: st } of this.list(share, rel).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
       const r = [...rel, name];
-      const st = this.lstat(share, r);
-      if (!st) continue;
       this.snapshot.set(key(share, r), st);
       out.push(st.dir ? { op: 'mkdir', share, rel: r } : { op: 'create', share, rel: r, size: st.size });
       if (st.dir) out.push(...this.children(share, r));
@@ -443,6 +448,10 @@ function outermost(ops: Op[]): Op[] {
 /** `rel` is strictly inside the folder `base`. */
 function under(rel: readonly string[], base: readonly string[]): boolean {
   return rel.length > base.length && base.every((c, i) => rel[i] === c);
+}
+
+function entry(st: BigIntStats): Entry {
+  return { dev: st.dev, ino: st.ino, dir: st.isDirectory(), mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: st.size, mtimeNs: st.mtimeNs };
 }
 
 function key(share: Share, rel: readonly string[]): string {

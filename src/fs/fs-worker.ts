@@ -70,7 +70,11 @@ port.on('message', (m: ToFsWorker) => {
       break;
     case 'stop':
       events.close();
-      void server.close().then(() => port.close());
+      void server.close().then(() => {
+        // The shares' folder handles (share.ts): this is a thread, its descriptors outlive it.
+        for (const s of shares.values()) s.close();
+        port.close();
+      });
       break;
   }
 });

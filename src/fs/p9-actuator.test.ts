@@ -8,7 +8,7 @@ import { P9Session, type ActuatorHooks, type GoneEntry } from './p9-session.js';
 import { QidMap } from './qids.js';
 import { Share, type ShareSpec } from './share.js';
 import { QTDIR, QTFILE, T } from './p9-wire.js';
-import { Msg, TestClient, errno } from './p9-test-client.js';
+import { Msg, TestClient, errno } from '../../test/support/p9-test-client.js';
 import { ACTUATOR_UID } from '../control/actuator.js';
 
 /**

@@ -5,11 +5,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { E } from './errno.js';
-import { P9Session } from './p9-session.js';
+import { FidBudget, MAX_FIDS, P9Session } from './p9-session.js';
 import { QidMap } from './qids.js';
 import { Share } from './share.js';
 import { MessageDecoder, QTDIR, QTFILE, QTSYMLINK, T } from './p9-wire.js';
-import { Msg, TestClient, decodeReply, errno } from './p9-test-client.js';
+import { Msg, TestClient, decodeReply, errno } from '../../test/support/p9-test-client.js';
+import { snapshotTree, treeChanges } from '../../test/support/tree-snapshot.js';
 
 /**
  * The 9P2000.L server against a temporary folder: every operation the Linux client uses, the
@@ -21,7 +22,7 @@ const TOKEN = 'secret-token';
 const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, TRUNC: 0o1000, DIRECTORY: 0o200000 };
 const AT_REMOVEDIR = 0x200;
 
-function setup(t: TestContext, opts: { readOnly?: boolean } = {}): { dir: string; outside: string; c: TestClient; root: number; session: P9Session } {
+function setup(t: TestContext, opts: { readOnly?: boolean; budget?: FidBudget } = {}): { dir: string; outside: string; c: TestClient; root: number; session: P9Session } {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-9p-'));
   const dir = path.join(base, 'share');
   const outside = path.join(base, 'outside');
@@ -32,12 +33,14 @@ function setup(t: TestContext, opts: { readOnly?: boolean } = {}): { dir: string
   fs.mkdirSync(path.join(dir, 'sub'));
   fs.writeFileSync(path.join(dir, 'sub', 'a.txt'), 'a');
   const share = new Share({ id: 'home', path: dir, readOnly: opts.readOnly ?? false });
-  const session = new P9Session({ shares: new Map([['home', share]]), token: TOKEN, maxMsize: 1 << 20, qids: new QidMap(), log: () => {} });
+  const fidLimits = opts.budget ? { maxFids: MAX_FIDS, budget: opts.budget } : undefined;
+  const session = new P9Session({ shares: new Map([['home', share]]), token: TOKEN, maxMsize: 1 << 20, qids: new QidMap(), log: () => {}, fidLimits });
   const c = new TestClient(session);
   c.version();
   const root = c.attach(`${TOKEN}:home`, 1000);
   t.after(() => {
     session.close();
+    share.close();
     fs.rmSync(base, { recursive: true, force: true });
   });
   return { dir, outside, c, root, session };
@@ -115,6 +118,23 @@ test('open, read, write, create, big offsets beyond 4 GiB', (t) => {
   assert.equal(c.read(d, big, 10).toString(), 'tail');
   assert.equal(fs.statSync(path.join(dir, 'new.bin')).size, Number(big) + 4);
   assert.equal(errno(() => c.lcreate(c.walk(root, []).fid, 'new.bin', O.RDWR, 0o644)), E.EEXIST);
+});
+
+test('offsets beyond 2^53: Twrite and a Tsetattr size are refused with EFBIG and change nothing; Tread keeps its exact offset', (t) => {
+  const { dir, c, root } = setup(t);
+  const f = c.walk(root, []).fid;
+  c.lcreate(f, 'big.bin', O.RDWR, 0o644);
+  c.write(f, 0, Buffer.from('abc'));
+  const limit = 2n ** 53n;
+  assert.equal(errno(() => c.write(f, limit, Buffer.from('x'))), E.EFBIG);
+  assert.equal(errno(() => c.write(f, limit - 2n, Buffer.from('xyz'))), E.EFBIG, 'the end of the write counts');
+  assert.equal(errno(() => c.write(f, 2n ** 64n - 1n, Buffer.from('x'))), E.EFBIG);
+  assert.equal(errno(() => c.setattr(f, { valid: 0x8, size: limit })), E.EFBIG);
+  assert.equal(errno(() => c.setattr(c.walk(root, ['big.bin']).fid, { valid: 0x8, size: 2n ** 64n - 1n })), E.EFBIG);
+  assert.equal(fs.readFileSync(path.join(dir, 'big.bin'), 'utf8'), 'abc', 'nothing written at a rounded offset or at the current position');
+  assert.equal(c.read(f, limit + 1n, 10).length, 0, 'read past the end at an exact offset');
+  assert.equal(c.read(f, 1n, 10).toString(), 'bc');
+  assert.equal(errno(() => c.read(f, 2n ** 64n - 1n, 10)), E.EINVAL, 'beyond off_t: EINVAL, as pread says');
 });
 
 test('unlink while open: the open fid keeps reading', (t) => {
@@ -241,6 +261,93 @@ test('security: a directory swapped for a symlink after the walk is not followed
   assert.equal(fs.existsSync(path.join(outside, 'secret')), true);
 });
 
+test('security: every operation through a folder swapped for a symlink outward after the walk fails with ELOOP and touches nothing outside', (t) => {
+  const { dir, outside, c, root } = setup(t);
+  fs.mkdirSync(path.join(dir, 'sub', 'deeper'));
+  fs.writeFileSync(path.join(dir, 'sub', 'deeper', 'b.txt'), 'b');
+  fs.symlinkSync('a.txt', path.join(dir, 'sub', 'lnk'));
+  // The outside folder has every name the requests use, so a request that got through would show.
+  fs.writeFileSync(path.join(outside, 'a.txt'), 'outside a');
+  fs.mkdirSync(path.join(outside, 'deeper'));
+  fs.writeFileSync(path.join(outside, 'deeper', 'b.txt'), 'outside b');
+  fs.mkdirSync(path.join(outside, 'empty'));
+  fs.symlinkSync('outside-target', path.join(outside, 'lnk'));
+  fs.chmodSync(path.join(outside, 'secret'), 0o600);
+  // Fids walked while sub was real, each used once after the swap; deeper/b.txt's folder is two
+  // names deep, so the share keeps a handle on it (share.ts) that the swap must make unusable.
+  const w = (...names: string[]) => c.walk(root, names).fid;
+  const fids = { sub: Array.from({ length: 12 }, () => w('sub')), a: Array.from({ length: 12 }, () => w('sub', 'a.txt')) };
+  const deep = w('sub', 'deeper', 'b.txt');
+  assert.equal(c.getattr(deep).size, 1n);
+  const listed = w('sub', 'deeper');
+  c.lopen(listed, O.RDONLY);
+  const lnk = w('sub', 'lnk');
+  const hello = w('hello.txt');
+  const before = snapshotTree(outside);
+  fs.renameSync(path.join(dir, 'sub'), path.join(dir, 'sub-old'));
+  fs.symlinkSync(outside, path.join(dir, 'sub'));
+  const sub = () => fids.sub.pop()!;
+  const a = () => fids.a.pop()!;
+  const ops: [string, () => unknown][] = [
+    ['walk from it', () => c.walk(sub(), ['a.txt'])],
+    ['walk through it', () => c.walk(root, ['sub', 'a.txt'])],
+    ['getattr', () => c.getattr(a())],
+    ['getattr two deep', () => c.getattr(deep)],
+    ['lopen read', () => c.lopen(a(), O.RDONLY)],
+    ['lopen write', () => c.lopen(a(), O.WRONLY | O.TRUNC)],
+    ['lopen the folder', () => c.lopen(sub(), O.RDONLY)],
+    ['readdir of a folder opened before', () => c.readdir(listed)],
+    ['lcreate', () => c.lcreate(sub(), 'planted', O.RDWR, 0o644)],
+    ['mkdir', () => c.mkdir(sub(), 'planted')],
+    ['symlink', () => c.symlink(sub(), 'planted', '/')],
+    ['mknod', () => c.rpc(T.mknod, new Msg().u32(sub()).str('planted').u32(0o100644).u32(0).u32(0).u32(0))],
+    ['link into it', () => c.link(sub(), hello, 'planted')],
+    ['link from it', () => c.link(root, a(), 'stolen')],
+    ['rename from it', () => c.rpc(T.rename, new Msg().u32(a()).u32(root).str('stolen'))],
+    ['renameat from it', () => c.renameat(sub(), 'a.txt', root, 'stolen')],
+    ['renameat into it', () => c.renameat(root, 'hello.txt', sub(), 'planted')],
+    ['unlinkat', () => c.unlinkat(sub(), 'a.txt')],
+    ['unlinkat a folder', () => c.unlinkat(sub(), 'empty', AT_REMOVEDIR)],
+    ['remove', () => c.rpc(T.remove, new Msg().u32(a()))],
+    ['chmod', () => c.setattr(a(), { valid: 0x1, mode: 0o777 })],
+    ['truncate', () => c.setattr(a(), { valid: 0x8, size: 0n })],
+    ['utimes', () => c.setattr(a(), { valid: 0x20 | 0x100, mtime: [1n, 0n] })],
+    ['readlink', () => c.readlink(lnk)],
+  ];
+  for (const [name, op] of ops) assert.equal(errno(op), E.ELOOP, name);
+  // statfs answers for the share whatever the fid; it names no path.
+  assert.equal(c.rpc(T.statfs, new Msg().u32(a())).body.readUInt32LE(0), 0x01021997);
+  assert.deepEqual(treeChanges(before, snapshotTree(outside)), []);
+  assert.ok(!fs.existsSync(path.join(dir, 'stolen')), 'nothing was moved or linked out of the outside folder');
+  assert.equal(fs.readFileSync(path.join(dir, 'hello.txt'), 'utf8'), 'hello world');
+});
+
+test('a folder the share keeps a handle on is looked up again once the host renamed or replaced it', (t) => {
+  const { dir, c, root } = setup(t);
+  fs.mkdirSync(path.join(dir, 'a', 'b'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'a', 'b', 'c.txt'), 'old');
+  const f = c.walk(root, ['a', 'b', 'c.txt']).fid;
+  assert.equal(c.getattr(f).size, 3n);
+  // Replaced by the host (rm -rf a/b && mkdir a/b): the fid names the new file.
+  fs.renameSync(path.join(dir, 'a', 'b'), path.join(dir, 'a', 'old-b'));
+  fs.mkdirSync(path.join(dir, 'a', 'b'));
+  fs.writeFileSync(path.join(dir, 'a', 'b', 'c.txt'), 'newer');
+  assert.equal(c.getattr(f).size, 5n);
+  // Removed: gone, though the share held the folder open.
+  fs.rmSync(path.join(dir, 'a', 'b'), { recursive: true });
+  assert.equal(errno(() => c.getattr(f)), E.ENOENT);
+  // The folder above renamed: the old path is gone too.
+  fs.mkdirSync(path.join(dir, 'a', 'b'));
+  fs.writeFileSync(path.join(dir, 'a', 'b', 'c.txt'), 'again');
+  assert.equal(c.getattr(f).size, 5n);
+  fs.renameSync(path.join(dir, 'a'), path.join(dir, 'z'));
+  assert.equal(errno(() => c.getattr(f)), E.ENOENT);
+  // A guest rename through the server: fids follow it.
+  fs.renameSync(path.join(dir, 'z'), path.join(dir, 'a'));
+  c.renameat(root, 'a', root, 'y');
+  assert.equal(c.getattr(f).size, 5n);
+});
+
 test('security: a symlink as the last component is never followed by open, truncate or chmod', (t) => {
   const { dir, outside, c, root } = setup(t);
   fs.symlinkSync(path.join(outside, 'secret'), path.join(dir, 'link'));
@@ -307,6 +414,65 @@ test('hostile messages get Rlerror or nothing, never an exception; fids are boun
     session.handle(b); // must not throw
   }
   assert.ok(session.fidCount < 100);
+});
+
+test(`fids are bounded: the ${MAX_FIDS}th fid and beyond get EMFILE, the session keeps answering, and clunked fids make room`, (t) => {
+  const { c, root, session } = setup(t);
+  const deep = c.walk(root, ['sub', 'a.txt']).fid;
+  let n = session.fidCount;
+  for (; n < MAX_FIDS; n++) c.walk(root, []); // clones: a fid costs no host call
+  assert.equal(session.fidCount, MAX_FIDS);
+  assert.equal(errno(() => c.walk(root, [])), E.EMFILE);
+  assert.equal(errno(() => c.walk(root, ['sub'])), E.EMFILE);
+  assert.equal(errno(() => c.attach(`${TOKEN}:home`)), E.EMFILE);
+  // Walking a fid onto itself makes no new one.
+  assert.equal(c.walk(deep, [], deep).fid, deep);
+  assert.equal(c.getattr(deep).size, 1n, 'the session keeps answering');
+  for (const fid of [root + 1, root + 2, root + 3]) c.clunk(fid);
+  const again = c.walk(root, ['sub', 'a.txt']).fid;
+  assert.equal(c.getattr(again).size, 1n);
+  c.walk(root, []);
+  c.walk(root, []);
+  assert.equal(errno(() => c.walk(root, [])), E.EMFILE);
+});
+
+test('fids are bounded by the memory they take too: long names get ENFILE past the budget, and every byte comes back', (t) => {
+  const budget = new FidBudget(64 * 1024);
+  const { dir, c, root, session } = setup(t, { budget });
+  const long = (i: number) => `${i}`.padStart(255, 'x');
+  const names = Array.from({ length: 12 }, (_, i) => long(i)); // 3 KiB: the host's paths end at 4 KiB
+  fs.mkdirSync(path.join(dir, ...names), { recursive: true });
+  const fids: number[] = [];
+  const refused = errno(() => {
+    for (;;) fids.push(c.walk(root, names).fid);
+  });
+  assert.equal(refused, E.ENFILE);
+  assert.ok(budget.used <= budget.limit);
+  // Names are held once however many fids hold them: many fids fit before the budget ends.
+  assert.ok(fids.length > 50, `${fids.length} fids of 12 names of 255 bytes in 64 KiB`);
+  for (const f of fids.splice(0, 10)) c.clunk(f);
+  fids.push(c.walk(root, names).fid);
+  c.walk(root, ['sub'], 999);
+  const used = budget.used;
+  for (let i = 0; i < 100; i++) c.walk(999, [], 999); // a fid walked onto itself again and again costs no more
+  assert.equal(budget.used, used);
+  c.clunk(999);
+  // Creates, renames that fids follow, removes: the budget follows them.
+  const d = c.walk(root, ['sub']).fid;
+  c.lcreate(d, 'made', O.RDWR, 0o644);
+  c.renameat(root, 'sub', root, long(99));
+  c.rpc(T.remove, new Msg().u32(d));
+  const spare = c.walk(root, []).fid;
+  assert.equal(
+    errno(() => {
+      for (;;) fids.push(c.walk(root, []).fid);
+    }),
+    E.ENFILE,
+  );
+  assert.equal(errno(() => c.lcreate(spare, long(98), O.RDWR, 0o644)), E.ENFILE, 'nothing is created when its fid would be over the budget');
+  assert.equal(fs.existsSync(path.join(dir, long(98))), false);
+  session.close();
+  assert.equal(budget.used, 0);
 });
 
 test('the framer refuses sizes below the header or above msize, and splits pipelined messages', () => {

@@ -1,9 +1,8 @@
 import fs, { constants as C, type BigIntStats } from 'node:fs';
-import path from 'node:path';
 import { timingSafeEqual } from 'node:crypto';
 import { E, errnoOf, P9Error } from './errno.js';
 import { QidMap } from './qids.js';
-import { checkName, type Share } from './share.js';
+import { at, checkName, held, listFolder, O_PATH, type Share } from './share.js';
 import { direntSize, IOHDRSZ, MAXWELEM, NOFID, parseRequest, ReplyWriter, rempty, rlerror, T, type Qid, type Request } from './p9-wire.js';
 
 /**
@@ -34,7 +33,88 @@ export interface SessionOptions {
   actuator?: ActuatorHooks;
   /** Called after the guest (not the actuator) changed a path: its host events are echoes. */
   guestChanged?: (share: Share, comps: readonly string[]) => void;
+  /** Bounds on fids (tests); by default MAX_FIDS per session and the thread's FID_MEMORY. */
+  fidLimits?: { maxFids: number; budget: FidBudget };
 }
+
+/**
+ * Fids a session may hold: beyond, a walk or attach is refused with EMFILE and the session goes
+ * on. A cached mount (v9fs cache=loose) keeps one fid per cached dentry, so a walk of a big tree
+ * legitimately holds tens of thousands. Measured 2026-12-07 (Node 20, 64-bit): a fid costs
+ * 150-200 bytes of heap plus 8 per name of its path (its names are shared: FidBudget), so 200,000
+ * fids 10 names deep take ~50 MB of the file server's 256 MB heap (file-service.ts). Before,
+ * each fid held its own copy of its names in an array with spare room (~360 bytes three short
+ * names deep, several KB with long names), and ~100,000 fids exhausted the heap.
+ */
+export const MAX_FIDS = 200_000;
+
+/**
+ * What the fids of every session in this thread may cost together (FidBudget): beyond, a walk,
+ * attach or create is refused with ENFILE. The count alone does not bound memory: a fid holds
+ * its path, up to 255 bytes a name and as many names as the path has, and the number of
+ * connections is the guest's choice. 96 MiB holds a full session (200,000 fids 10 names deep:
+ * ~55 MB as estimated) with room for the others, and leaves the heap's other users (change
+ * events, listings, messages) the rest.
+ */
+export const FID_MEMORY = 96 * 1024 * 1024;
+
+/** Estimated heap bytes of a fid (object, map entry, array) and of each name it holds (pointer). */
+const FID_BYTES = 192;
+const PER_NAME = 8;
+/** Estimated heap bytes of a distinct name in the table (entry, record, string header) besides its characters. */
+const NAME_BYTES = 112;
+
+/**
+ * The fids of some sessions: what they cost, at most `limit` bytes, and the names they hold.
+ * Every name is held once, however many fids hold it (one string per name: a fid walked from
+ * another shares its names anyway, and "node_modules" or "index.js" are held by thousands), so
+ * a fid costs FID_BYTES + PER_NAME per name, and a name NAME_BYTES + its length while any fid
+ * holds it. The estimates are from above (measured), so the heap the fids take is never more
+ * than `used`.
+ */
+export class FidBudget {
+  used = 0;
+  private readonly names = new Map<string, { name: string; refs: number }>();
+
+  constructor(readonly limit: number) {}
+
+  /**
+   * Takes on a fid of these names: charged (ENFILE beyond the limit, unless `force`), and given
+   * back as an array of exactly their number, of the table's own strings.
+   */
+  take(comps: readonly string[], force = false): string[] {
+    this.used += FID_BYTES + PER_NAME * comps.length;
+    const held = comps.map((c) => {
+      let e = this.names.get(c);
+      if (!e) {
+        e = { name: c, refs: 0 };
+        this.names.set(c, e);
+        this.used += NAME_BYTES + c.length;
+      }
+      e.refs++;
+      return e.name;
+    });
+    if (!force && this.used > this.limit) {
+      this.drop(held);
+      throw new P9Error(E.ENFILE, 'fids over their memory budget');
+    }
+    return held;
+  }
+
+  /** Lets go of a fid taken with these names. */
+  drop(comps: readonly string[]): void {
+    this.used -= FID_BYTES + PER_NAME * comps.length;
+    for (const c of comps) {
+      const e = this.names.get(c)!;
+      if (--e.refs > 0) continue;
+      this.names.delete(c);
+      this.used -= NAME_BYTES + c.length;
+    }
+  }
+}
+
+/** The budget every session of this thread (the file server's worker) shares unless told otherwise. */
+const threadBudget = new FidBudget(FID_MEMORY);
 
 /**
  * The change-event actuator (docs/files.md "Change events"): a guest process whose uid marks its
@@ -93,17 +173,20 @@ interface DirSnapshot {
   entries: { name: string; qid: Qid; type: number }[];
 }
 
-interface Fid {
-  share: Share;
-  comps: string[];
-  uid: number;
-  actuator: boolean;
-  fd?: number;
-  dir?: DirSnapshot;
+/** A fid: every field set in the constructor (one object shape, no property store of its own). */
+class Fid {
+  fd: number | undefined = undefined;
+  dir: DirSnapshot | undefined = undefined;
   /** Opened with write access. */
-  writable?: boolean;
-  /** Xattr fids (Txattrwalk/Txattrcreate): their data, read or written, then discarded. */
-  xattr?: Buffer;
+  writable = false;
+
+  constructor(
+    readonly share: Share,
+    /** Names below the share's root, from FidBudget.take (set only through it). */
+    public comps: readonly string[],
+    readonly uid: number,
+    readonly actuator: boolean,
+  ) {}
 }
 
 const P9_GETATTR_BASIC = 0x7ffn;
@@ -114,6 +197,10 @@ const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
+/** Offsets and sizes Node's fs calls take only as numbers (write, truncate): exact up to 2^53 - 1. */
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER);
+/** The largest file position pread takes (off_t). */
+const MAX_POSITION = (1n << 63n) - 1n;
 const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 
@@ -124,9 +211,15 @@ export class P9Session {
   private msize: number;
   private readonly fids = new Map<number, Fid>();
   private readonly serverUid = process.getuid?.() ?? 0;
+  private readonly maxFids: number;
+  private readonly budget: FidBudget;
+  /** The guest reached a bound on fids once (warned once per session). */
+  private fidsLimited = false;
 
   constructor(private readonly o: SessionOptions) {
     this.msize = o.maxMsize;
+    this.maxFids = o.fidLimits?.maxFids ?? MAX_FIDS;
+    this.budget = o.fidLimits?.budget ?? threadBudget;
   }
 
   /** The msize in force (the framer's limit). */
@@ -157,7 +250,10 @@ export class P9Session {
 
   /** Closes every open file (connection gone). */
   close(): void {
-    for (const f of this.fids.values()) this.release(f);
+    for (const f of this.fids.values()) {
+      this.release(f);
+      this.budget.drop(f.comps);
+    }
     this.fids.clear();
   }
 
@@ -188,9 +284,7 @@ export class P9Session {
       case T.readdir:
         return this.readdir(r.tag, this.fid(r.fid), r.offset, r.count);
       case T.clunk: {
-        const f = this.fid(r.fid);
-        this.release(f);
-        this.fids.delete(r.fid);
+        this.dropFid(r.fid, this.fid(r.fid));
         return rempty(T.clunk, r.tag);
       }
       case T.remove: {
@@ -198,8 +292,7 @@ export class P9Session {
         try {
           this.removePath(f);
         } finally {
-          this.release(f);
-          this.fids.delete(r.fid);
+          this.dropFid(r.fid, f);
         }
         return rempty(T.remove, r.tag);
       }
@@ -213,7 +306,9 @@ export class P9Session {
         return this.mknod(r);
       case T.readlink: {
         const f = this.fid(r.fid);
-        return new ReplyWriter().str(fs.readlinkSync(f.share.path(f.comps))).finish(T.readlink + 1, r.tag);
+        if (f.comps.length === 0) throw new P9Error(E.EINVAL, 'the share root is not a symlink');
+        const target = f.share.withParent(f.comps, (dirFd, name) => fs.readlinkSync(at(dirFd, name)));
+        return new ReplyWriter().str(target).finish(T.readlink + 1, r.tag);
       }
       case T.link:
         return this.link(r);
@@ -270,8 +365,8 @@ export class P9Session {
     if (this.fids.has(r.fid)) throw new P9Error(E.EBADF, 'fid in use');
     const uid = r.nUname === NOFID ? 0 : r.nUname;
     const actuator = this.o.actuator !== undefined && uid === this.o.actuator.uid;
-    const st = fs.lstatSync(share.root, { bigint: true });
-    this.fids.set(r.fid, { share, comps: [], uid, actuator });
+    const st = fs.fstatSync(share.rootFd, { bigint: true });
+    this.addFid(r.fid, share, [], uid, actuator);
     return new ReplyWriter().qid(this.o.qids.qid(st)).finish(T.attach + 1, r.tag);
   }
 
@@ -279,6 +374,36 @@ export class P9Session {
     const f = this.fids.get(n);
     if (!f) throw new P9Error(E.EBADF, `unknown fid ${n}`);
     return f;
+  }
+
+  /**
+   * Makes fid `n` a new fid of these names (replacing the one it was: a walk to the same fid),
+   * within the bounds: EMFILE beyond this session's count, ENFILE beyond the budget.
+   */
+  private addFid(n: number, share: Share, comps: readonly string[], uid: number, actuator: boolean): void {
+    const old = this.fids.get(n);
+    try {
+      if (!old && this.fids.size >= this.maxFids) throw new P9Error(E.EMFILE, `more than ${this.maxFids} fids`);
+      this.fids.set(n, new Fid(share, this.budget.take(comps), uid, actuator));
+    } catch (err) {
+      if (!this.fidsLimited) this.o.log('warn', '9p: the guest holds too many fids; new ones are refused until it lets go of some', { fids: this.fids.size, bytes: this.budget.used, err: String(err) });
+      this.fidsLimited = true;
+      throw err;
+    }
+    if (old) this.budget.drop(old.comps);
+  }
+
+  private dropFid(n: number, f: Fid): void {
+    this.release(f);
+    this.fids.delete(n);
+    this.budget.drop(f.comps);
+  }
+
+  /** Gives `f` other names (a create; `force`: a rename above it, which has happened already). */
+  private setComps(f: Fid, comps: readonly string[], force = false): void {
+    const next = this.budget.take(comps, force);
+    this.budget.drop(f.comps);
+    f.comps = next;
   }
 
   private release(f: Fid): void {
@@ -301,54 +426,73 @@ export class P9Session {
     if (r.newfid !== r.fid && this.fids.has(r.newfid)) throw new P9Error(E.EBADF, 'newfid in use');
     if (from.fd !== undefined || from.dir) throw new P9Error(E.EBADF, 'walk from an open fid');
     if (r.names.length > MAXWELEM) throw new P9Error(E.EINVAL, 'too many names');
+    const share = from.share;
     const qids: Qid[] = [];
-    let comps = [...from.comps];
-    // Where the walk starts must still be a real directory (for the actuator: or one the host
-    // removed that the guest still has, see ActuatorHooks).
-    const startGone = from.actuator && comps.length > 0 && this.o.actuator!.view(from.share, comps);
-    if (r.names.length > 0 && !(startGone && 'gone' in startGone)) from.share.dir(comps);
-    for (const [i, name] of r.names.entries()) {
-      let next: string[];
-      if (name === '..') next = comps.slice(0, -1); // at the root, ".." stays at the root
-      else {
-        checkName(name);
-        next = [...comps, name];
+    const comps = [...from.comps];
+    // A handle on the folder comps[0..depth): from the share (Share.acquire) where the walk starts
+    // or after "..", then each folder the walk enters, opened in the one before it without
+    // following symlinks (share.ts).
+    let dirFd = share.rootFd;
+    let depth = 0;
+    const here = (): number => {
+      if (depth !== comps.length) {
+        share.release(dirFd);
+        dirFd = share.rootFd;
+        depth = 0;
+        dirFd = share.acquire(comps);
+        depth = comps.length;
       }
-      let qid: Qid | undefined;
-      const fake = from.actuator && name !== '..' ? this.o.actuator!.view(from.share, next) : undefined;
-      if (fake && 'absent' in fake) qid = undefined;
-      else if (fake) qid = this.o.qids.qid(goneStat(fake.gone));
-      else {
-        try {
-          const st = fs.lstatSync(next.length ? path.join(from.share.root, ...next) : from.share.root, { bigint: true });
-          // Only directories may be walked through; a symlink or file ends the walk here.
-          if (i < r.names.length - 1 && !st.isDirectory()) {
-            if (i === 0) throw new P9Error(st.isSymbolicLink() ? E.ELOOP : E.ENOTDIR);
+      return dirFd;
+    };
+    try {
+      // Where the walk starts must still be a real directory (for the actuator: or one the host
+      // removed that the guest still has, see ActuatorHooks).
+      const startGone = from.actuator && comps.length > 0 && this.o.actuator!.view(share, comps);
+      if (r.names.length > 0 && !(startGone && 'gone' in startGone)) here();
+      for (const [i, name] of r.names.entries()) {
+        let qid: Qid | undefined;
+        if (name === '..') comps.pop(); // at the root, ".." stays at the root
+        else checkName(name);
+        const fake = from.actuator && name !== '..' ? this.o.actuator!.view(share, [...comps, name]) : undefined;
+        if (fake && 'absent' in fake) qid = undefined;
+        else if (fake) qid = this.o.qids.qid(goneStat(fake.gone));
+        else {
+          try {
+            let st: BigIntStats;
+            if (name === '..') st = fs.fstatSync(here(), { bigint: true });
+            else if (i < r.names.length - 1) {
+              // Only directories may be walked through; a symlink or file ends the walk here.
+              const fd = share.openDir(here(), name);
+              share.release(dirFd);
+              dirFd = fd;
+              depth = comps.length + 1;
+              st = fs.fstatSync(fd, { bigint: true });
+            } else st = fs.lstatSync(at(here(), name), { bigint: true });
+            qid = this.o.qids.qid(st);
+          } catch (err) {
+            if (i === 0) throw err;
             break;
           }
-          qid = this.o.qids.qid(st);
-        } catch (err) {
-          if (i === 0) throw err;
+        }
+        if (!qid) {
+          if (i === 0) throw new P9Error(E.ENOENT);
           break;
         }
+        qids.push(qid);
+        if (name !== '..') comps.push(name);
       }
-      if (!qid) {
-        if (i === 0) throw new P9Error(E.ENOENT);
-        break;
-      }
-      qids.push(qid);
-      comps = next;
+    } finally {
+      // The folder the walk ended in is kept for the requests on the new fid that follow.
+      share.adopt(comps, depth, dirFd);
     }
-    if (qids.length === r.names.length) {
-      this.fids.set(r.newfid, { share: from.share, comps, uid: from.uid, actuator: from.actuator });
-    }
+    if (qids.length === r.names.length) this.addFid(r.newfid, share, comps, from.uid, from.actuator);
     const w = new ReplyWriter(9 + 13 * qids.length).u16(qids.length);
     for (const q of qids) w.qid(q);
     return w.finish(T.walk + 1, r.tag);
   }
 
   private stat(f: Fid): BigIntStats {
-    return fs.lstatSync(f.share.path(f.comps), { bigint: true });
+    return f.share.lstat(f.comps);
   }
 
   private getattr(tag: number, f: Fid): Buffer {
@@ -374,38 +518,52 @@ export class P9Session {
     const f = this.fid(r.fid);
     this.mayChange(f);
     if (f.actuator) return rempty(T.setattr, r.tag); // events.ts: the change happened on the host
-    const p = f.share.path(f.comps);
-    const st = f.fd !== undefined ? fs.fstatSync(f.fd, { bigint: true }) : fs.lstatSync(p, { bigint: true });
-    const link = st.isSymbolicLink();
-    if (r.valid & P9_SETATTR.MODE && !link) {
-      const mode = safeMode(r.mode, st.isDirectory());
-      if (f.fd !== undefined) fs.fchmodSync(f.fd, mode);
-      else fs.chmodSync(p, mode);
-    }
-    // UID/GID: accepted and ignored (the host user cannot give files away; QEMU security_model=none).
-    if (r.valid & P9_SETATTR.SIZE) {
-      if (link) throw new P9Error(E.EINVAL, 'truncate a symlink');
-      if (f.fd !== undefined && f.writable) fs.ftruncateSync(f.fd, Number(r.size));
-      else this.withFile(p, C.O_WRONLY, (fd) => fs.ftruncateSync(fd, Number(r.size)));
-    }
-    if (r.valid & (P9_SETATTR.ATIME | P9_SETATTR.MTIME)) {
-      const now = Date.now() / 1000;
-      const atime = r.valid & P9_SETATTR.ATIME ? (r.valid & P9_SETATTR.ATIME_SET ? seconds(r.atimeSec, r.atimeNsec) : now) : Number(st.atimeNs) / 1e9;
-      const mtime = r.valid & P9_SETATTR.MTIME ? (r.valid & P9_SETATTR.MTIME_SET ? seconds(r.mtimeSec, r.mtimeNsec) : now) : Number(st.mtimeNs) / 1e9;
-      if (f.fd !== undefined) fs.futimesSync(f.fd, atime, mtime);
-      else fs.lutimesSync(p, atime, mtime);
+    if (r.valid & P9_SETATTR.SIZE && r.size > MAX_EXACT) throw new P9Error(E.EFBIG, 'a size beyond 2^53 - 1');
+    if (f.fd !== undefined) this.setattrOn(r, f.fd, fs.fstatSync(f.fd, { bigint: true }), f);
+    else if (f.comps.length === 0) this.setattrOn(r, f.share.rootFd, fs.fstatSync(f.share.rootFd, { bigint: true }));
+    else {
+      f.share.withParent(f.comps, (dirFd, name) => {
+        // A handle on the object itself (a symlink stays a symlink), so every change below acts on
+        // what was looked up, whatever the name holds meanwhile.
+        const h = fs.openSync(at(dirFd, name), O_PATH | C.O_NOFOLLOW);
+        try {
+          this.setattrOn(r, h, fs.fstatSync(h, { bigint: true }), undefined, at(dirFd, name));
+        } finally {
+          fs.closeSync(h);
+        }
+      });
     }
     this.changed(f.share, f.comps);
     return rempty(T.setattr, r.tag);
   }
 
-  /** Opens a regular file without following symlinks or blocking on FIFOs, runs fn, closes it. */
-  private withFile<R>(p: string, flags: number, fn: (fd: number) => R): R {
-    const fd = openRegular(p, flags);
-    try {
-      return fn(fd);
-    } finally {
-      fs.closeSync(fd);
+  /**
+   * Applies a Tsetattr to the object held by `h`: the open file of `open`, or else an O_PATH
+   * handle, acted on through /proc/self/fd/h (chmod, truncate and utimes follow that magic link
+   * to exactly the held object; fchmod and the like refuse O_PATH handles). `name` looks up a
+   * symlink itself in its folder's handle (lutimes).
+   */
+  private setattrOn(r: Extract<Request, { type: T.setattr }>, h: number, st: BigIntStats, open?: Fid, name?: string): void {
+    const link = st.isSymbolicLink();
+    if (r.valid & P9_SETATTR.MODE && !link) {
+      const mode = safeMode(r.mode, st.isDirectory());
+      if (open) fs.fchmodSync(h, mode);
+      else fs.chmodSync(held(h), mode);
+    }
+    // UID/GID: accepted and ignored (the host user cannot give files away; QEMU security_model=none).
+    if (r.valid & P9_SETATTR.SIZE) {
+      if (link) throw new P9Error(E.EINVAL, 'truncate a symlink');
+      if (open?.writable) fs.ftruncateSync(h, Number(r.size));
+      else if (st.isFile()) fs.truncateSync(held(h), Number(r.size));
+      else throw new P9Error(st.isDirectory() ? E.EISDIR : E.EACCES, 'truncate of something not a regular file');
+    }
+    if (r.valid & (P9_SETATTR.ATIME | P9_SETATTR.MTIME)) {
+      const now = Date.now() / 1000;
+      const atime = r.valid & P9_SETATTR.ATIME ? (r.valid & P9_SETATTR.ATIME_SET ? seconds(r.atimeSec, r.atimeNsec) : now) : Number(st.atimeNs) / 1e9;
+      const mtime = r.valid & P9_SETATTR.MTIME ? (r.valid & P9_SETATTR.MTIME_SET ? seconds(r.mtimeSec, r.mtimeNsec) : now) : Number(st.mtimeNs) / 1e9;
+      if (open) fs.futimesSync(h, atime, mtime);
+      else if (link) fs.lutimesSync(name!, atime, mtime);
+      else fs.utimesSync(held(h), atime, mtime);
     }
   }
 
@@ -414,23 +572,32 @@ export class P9Session {
 
   private lopen(tag: number, f: Fid, flags: number): Buffer {
     if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
-    const p = f.share.path(f.comps);
-    const st = fs.lstatSync(p, { bigint: true });
     const wantsWrite = (flags & (L.WRONLY | L.RDWR)) !== 0 || (flags & L.TRUNC) !== 0;
-    if (st.isDirectory()) {
+    if (f.actuator) {
+      // events.ts: the actuator opens to make the guest emit IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE;
+      // its writes are not applied, so it needs no real file.
+      const st = this.stat(f);
+      if (st.isDirectory()) {
+        if (wantsWrite) throw new P9Error(E.EISDIR);
+        f.dir = { entries: [] };
+      } else f.writable = wantsWrite;
+      return new ReplyWriter(24).qid(this.o.qids.qid(st)).u32(0).finish(T.lopen + 1, tag);
+    }
+    if (wantsWrite) this.mayChange(f);
+    if (f.comps.length === 0) {
       if (wantsWrite) throw new P9Error(E.EISDIR);
       f.dir = { entries: [] };
+      return new ReplyWriter(24).qid(this.o.qids.qid(fs.fstatSync(f.share.rootFd, { bigint: true }))).u32(0).finish(T.lopen + 1, tag);
+    }
+    // Opened in its folder's handle without following a symlink or waiting on a FIFO; a folder is
+    // opened read-only (with write flags the open fails: EISDIR) and listed at Treaddir.
+    const { fd, st } = f.share.withParent(f.comps, (dirFd, name) => openExisting(at(dirFd, name), hostOpenFlags(flags)));
+    if (st.isDirectory()) {
+      fs.closeSync(fd);
+      f.dir = { entries: [] };
     } else {
-      if (wantsWrite) this.mayChange(f);
-      if (f.actuator) {
-        // events.ts: the actuator opens to make the guest emit IN_OPEN/IN_MODIFY/IN_CLOSE_WRITE;
-        // its writes are not applied, so it needs no real file.
-        f.writable = wantsWrite;
-        f.dir = undefined;
-      } else {
-        f.fd = openRegular(p, hostOpenFlags(flags));
-        f.writable = wantsWrite;
-      }
+      f.fd = fd;
+      f.writable = wantsWrite;
     }
     return new ReplyWriter(24).qid(this.o.qids.qid(st)).u32(0).finish(T.lopen + 1, tag);
   }
@@ -440,17 +607,24 @@ export class P9Session {
     if (f.fd !== undefined || f.dir) throw new P9Error(E.EBADF, 'fid already open');
     checkName(r.name);
     this.mayChange(f);
-    const comps = [...f.comps, r.name];
+    const dir = f.comps;
+    const comps = dir.concat(r.name);
     if (f.actuator) {
       // The host created it already: answer with what exists, create nothing.
       const qid = this.actuatorMade(f, comps);
-      f.comps = comps;
+      this.setComps(f, comps);
       f.writable = true;
       return new ReplyWriter(24).qid(qid).u32(0).finish(T.lcreate + 1, r.tag);
     }
-    const p = path.join(f.share.dir(f.comps), r.name);
-    const fd = fs.openSync(p, hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false));
-    f.comps = comps;
+    // The fid's longer name is charged first: over the budget, nothing is created.
+    this.setComps(f, comps);
+    let fd: number;
+    try {
+      fd = f.share.withDir(dir, (dirFd) => fs.openSync(at(dirFd, r.name), hostOpenFlags(r.flags) | C.O_CREAT | C.O_EXCL, safeMode(r.mode, false)));
+    } catch (err) {
+      this.setComps(f, dir, true);
+      throw err;
+    }
     f.fd = fd;
     f.writable = true;
     this.changed(f.share, comps);
@@ -458,12 +632,12 @@ export class P9Session {
   }
 
   /** The qid of what the host has at `comps` (the actuator's creates answer with it). */
-  private actuatorQid(f: Fid, comps: string[]): Qid {
-    return this.o.qids.qid(fs.lstatSync(f.share.path(comps), { bigint: true }));
+  private actuatorQid(f: Fid, comps: readonly string[]): Qid {
+    return this.o.qids.qid(f.share.lstat(comps));
   }
 
   /** An actuator create or mkdir of what the host made: its qid, and the guest's view of it ends. */
-  private actuatorMade(f: Fid, comps: string[]): Qid {
+  private actuatorMade(f: Fid, comps: readonly string[]): Qid {
     const qid = this.actuatorQid(f, comps);
     this.o.actuator!.done(f.share, comps);
     return qid;
@@ -488,6 +662,7 @@ export class P9Session {
       if (f.actuator) return new ReplyWriter(11).u32(0).finish(T.read + 1, tag);
       throw new P9Error(E.EBADF, 'read from an unopened fid');
     }
+    if (offset > MAX_POSITION) throw new P9Error(E.EINVAL, 'an offset beyond 2^63 - 1');
     const n = Math.min(count, this.msize - IOHDRSZ);
     const w = new ReplyWriter(11 + n);
     const at = w.length;
@@ -503,6 +678,9 @@ export class P9Session {
     if (f.dir) throw new P9Error(E.EISDIR);
     if (!f.writable) throw new P9Error(E.EBADF, 'fid not open for writing');
     this.mayChange(f);
+    // Node writes at a number position: beyond 2^53 it would round the offset (and a bigint
+    // position makes Node 20 write at the file's current position instead).
+    if (offset + BigInt(data.length) > MAX_EXACT) throw new P9Error(E.EFBIG, 'a write beyond 2^53 - 1');
     // The actuator's writes only make the guest emit IN_MODIFY; the host file already changed.
     const n = f.actuator ? data.length : fs.writeSync(f.fd!, data, 0, data.length, Number(offset));
     if (!f.actuator) this.changed(f.share, f.comps);
@@ -531,28 +709,33 @@ export class P9Session {
   }
 
   private listDir(f: Fid): DirSnapshot['entries'] {
-    const dir = f.share.dir(f.comps);
-    const here = fs.lstatSync(dir, { bigint: true });
-    const parent = f.comps.length ? fs.lstatSync(path.dirname(dir), { bigint: true }) : here;
+    const share = f.share;
+    if (f.comps.length === 0) return this.listHeld(share.rootFd, share.rootFd);
+    return share.withParent(f.comps, (parentFd, name) => {
+      const fd = share.openDir(parentFd, name);
+      try {
+        return this.listHeld(fd, parentFd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  }
+
+  /** The entries of the folder held by `dirFd`, each looked at in that handle (`parentFd`: ".."). */
+  private listHeld(dirFd: number, parentFd: number): DirSnapshot['entries'] {
+    const here = fs.fstatSync(dirFd, { bigint: true });
+    const parent = parentFd === dirFd ? here : fs.fstatSync(parentFd, { bigint: true });
     const out: DirSnapshot['entries'] = [
       { name: '.', qid: this.o.qids.qid(here), type: DT_DIR },
       { name: '..', qid: this.o.qids.qid(parent), type: DT_DIR },
     ];
-    for (const name of fs.readdirSync(dir)) {
-      let st: BigIntStats;
-      try {
-        st = fs.lstatSync(path.join(dir, name), { bigint: true });
-      } catch {
-        continue; // gone since the listing
-      }
-      // d_ino reaches userspace through the entry's qid, so it must be the real one (find, du).
-      out.push({ name, qid: this.o.qids.qid(st), type: direntType(st) });
-    }
+    // d_ino reaches userspace through the entry's qid, so it must be the real one (find, du).
+    for (const { name, st } of listFolder(dirFd)) out.push({ name, qid: this.o.qids.qid(st), type: direntType(st) });
     return out;
   }
 
   private statfs(tag: number, f: Fid): Buffer {
-    const s = fs.statfsSync(f.share.root, { bigint: true });
+    const s = fs.statfsSync(held(f.share.rootFd), { bigint: true });
     return new ReplyWriter(67)
       .u32(V9FS_MAGIC)
       .u32(Number(s.bsize))
@@ -575,10 +758,12 @@ export class P9Session {
     this.mayChange(d);
     const comps = [...d.comps, r.name];
     if (d.actuator) return new ReplyWriter(20).qid(this.actuatorMade(d, comps)).finish(T.mkdir + 1, r.tag);
-    const p = path.join(d.share.dir(d.comps), r.name);
-    fs.mkdirSync(p, safeMode(r.mode, true));
+    const st = d.share.withDir(d.comps, (dirFd) => {
+      fs.mkdirSync(at(dirFd, r.name), safeMode(r.mode, true));
+      return fs.lstatSync(at(dirFd, r.name), { bigint: true });
+    });
     this.changed(d.share, comps);
-    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mkdir + 1, r.tag);
+    return new ReplyWriter(20).qid(this.o.qids.qid(st)).finish(T.mkdir + 1, r.tag);
   }
 
   private symlink(r: Extract<Request, { type: T.symlink }>): Buffer {
@@ -588,11 +773,13 @@ export class P9Session {
     if (r.target.includes('\0') || r.target === '') throw new P9Error(E.EINVAL, 'bad symlink target');
     const comps = [...d.comps, r.name];
     if (d.actuator) return new ReplyWriter(20).qid(this.actuatorQid(d, comps)).finish(T.symlink + 1, r.tag);
-    const p = path.join(d.share.dir(d.comps), r.name);
     // The target is stored as text and never followed by the server; the guest resolves it.
-    fs.symlinkSync(r.target, p);
+    const st = d.share.withDir(d.comps, (dirFd) => {
+      fs.symlinkSync(r.target, at(dirFd, r.name));
+      return fs.lstatSync(at(dirFd, r.name), { bigint: true });
+    });
     this.changed(d.share, comps);
-    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.symlink + 1, r.tag);
+    return new ReplyWriter(20).qid(this.o.qids.qid(st)).finish(T.symlink + 1, r.tag);
   }
 
   private mknod(r: Extract<Request, { type: T.mknod }>): Buffer {
@@ -603,10 +790,15 @@ export class P9Session {
     // Device nodes, FIFOs and sockets are never made on the host (CVE-2023-2861 class); a regular
     // file (mknod S_IFREG) is an ordinary create.
     if ((r.mode & S_IFMT) !== S_IFREG && (r.mode & S_IFMT) !== 0) throw new P9Error(E.EPERM, 'special files cannot be created in a share');
-    const p = path.join(d.share.dir(d.comps), r.name);
-    fs.closeSync(fs.openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, safeMode(r.mode, false)));
+    const fd = d.share.withDir(d.comps, (dirFd) => fs.openSync(at(dirFd, r.name), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, safeMode(r.mode, false)));
+    let st: BigIntStats;
+    try {
+      st = fs.fstatSync(fd, { bigint: true });
+    } finally {
+      fs.closeSync(fd);
+    }
     this.changed(d.share, [...d.comps, r.name]);
-    return new ReplyWriter(20).qid(this.o.qids.qid(fs.lstatSync(p, { bigint: true }))).finish(T.mknod + 1, r.tag);
+    return new ReplyWriter(20).qid(this.o.qids.qid(st)).finish(T.mknod + 1, r.tag);
   }
 
   private link(r: Extract<Request, { type: T.link }>): Buffer {
@@ -616,8 +808,9 @@ export class P9Session {
     this.mayChange(d);
     if (target.share !== d.share) throw new P9Error(E.EXDEV);
     if (d.actuator) return rempty(T.link, r.tag);
+    if (target.comps.length === 0) throw new P9Error(E.EPERM, 'a hard link to the share root');
     // link(2) does not follow a symlink target on Linux.
-    fs.linkSync(target.share.path(target.comps), path.join(d.share.dir(d.comps), r.name));
+    target.share.withParent(target.comps, (fromFd, fromName) => d.share.withDir(d.comps, (toFd) => fs.linkSync(at(fromFd, fromName), at(toFd, r.name))));
     this.changed(d.share, [...d.comps, r.name]);
     return rempty(T.link, r.tag);
   }
@@ -637,13 +830,17 @@ export class P9Session {
     return rempty(T.renameat, r.tag);
   }
 
-  private moveEntry(by: Fid, fromDir: string[], fromName: string, toDir: string[], toName: string, share: Share): void {
+  private moveEntry(by: Fid, fromDir: readonly string[], fromName: string, toDir: readonly string[], toName: string, share: Share): void {
     checkName(toName);
     this.mayChange(by);
     const from = [...fromDir, fromName];
     const to = [...toDir, toName];
     if (!by.actuator) {
-      fs.renameSync(path.join(share.dir(fromDir), fromName), path.join(share.dir(toDir), toName));
+      share.withDir(fromDir, (fromFd) => {
+        // Within one folder (the usual rename) its handle serves both names.
+        if (sameNames(fromDir, toDir)) fs.renameSync(at(fromFd, fromName), at(fromFd, toName));
+        else share.withDir(toDir, (toFd) => fs.renameSync(at(fromFd, fromName), at(toFd, toName)));
+      });
       this.changed(share, from);
       this.changed(share, to);
     } else {
@@ -652,7 +849,8 @@ export class P9Session {
     }
     // Fids under the old name follow it (QEMU v9fs_fix_fid_paths).
     for (const f of this.fids.values()) {
-      if (f.share === share && startsWith(f.comps, from)) f.comps = [...to, ...f.comps.slice(from.length)];
+      // Charged, never refused: the rename happened (and the new names are shared strings).
+      if (f.share === share && startsWith(f.comps, from)) this.setComps(f, to.concat(f.comps.slice(from.length)), true);
     }
   }
 
@@ -661,12 +859,8 @@ export class P9Session {
     checkName(r.name);
     this.mayChange(d);
     if (!d.actuator) {
-      const p = path.join(d.share.dir(d.comps), r.name);
-      if (r.flags & AT_REMOVEDIR) fs.rmdirSync(p);
-      else {
-        if (fs.lstatSync(p).isDirectory()) throw new P9Error(E.EISDIR);
-        fs.unlinkSync(p);
-      }
+      // unlink(2) of a folder fails with EISDIR on Linux; neither call follows a symlink.
+      d.share.withDir(d.comps, (dirFd) => (r.flags & AT_REMOVEDIR ? fs.rmdirSync : fs.unlinkSync)(at(dirFd, r.name)));
       this.changed(d.share, [...d.comps, r.name]);
     } else this.o.actuator!.done(d.share, [...d.comps, r.name]);
     return rempty(T.unlinkat, r.tag);
@@ -679,9 +873,14 @@ export class P9Session {
       this.o.actuator!.done(f.share, f.comps);
       return;
     }
-    const p = f.share.path(f.comps);
-    if (fs.lstatSync(p).isDirectory()) fs.rmdirSync(p);
-    else fs.unlinkSync(p);
+    f.share.withParent(f.comps, (dirFd, name) => {
+      try {
+        fs.unlinkSync(at(dirFd, name));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EISDIR') throw err;
+        fs.rmdirSync(at(dirFd, name));
+      }
+    });
     this.changed(f.share, f.comps);
   }
 }
@@ -696,6 +895,10 @@ function direntType(st: BigIntStats): number {
   if (st.isFile()) return DT_REG;
   if (st.isSymbolicLink()) return DT_LNK;
   return DT_UNKNOWN;
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function startsWith(a: readonly string[], prefix: readonly string[]): boolean {
@@ -725,16 +928,19 @@ export function hostOpenFlags(flags: number): number {
 }
 
 /**
- * Opens an existing regular file: O_NOFOLLOW (a symlink fails with ELOOP), O_NONBLOCK (a FIFO
- * swapped in cannot block the server), then refuses anything that is not a regular file
- * (CVE-2023-2861: device nodes, FIFOs and sockets are never opened on the guest's behalf).
+ * Opens an existing file or folder: O_NOFOLLOW (a symlink fails with ELOOP), O_NONBLOCK (a FIFO
+ * swapped in cannot block the server), then refuses anything that is neither a regular file nor a
+ * folder (CVE-2023-2861: device nodes, FIFOs and sockets are never used on the guest's behalf).
  */
-function openRegular(p: string, flags: number): number {
+function openExisting(p: string, flags: number): { fd: number; st: BigIntStats } {
   const fd = fs.openSync(p, flags | C.O_NOFOLLOW | C.O_NONBLOCK);
-  const st = fs.fstatSync(fd);
-  if (!st.isFile()) {
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (st.isFile() || st.isDirectory()) return { fd, st };
+  } catch (err) {
     fs.closeSync(fd);
-    throw new P9Error(st.isDirectory() ? E.EISDIR : E.EACCES, 'not a regular file');
+    throw err;
   }
-  return fd;
+  fs.closeSync(fd);
+  throw new P9Error(E.EACCES, 'not a regular file');
 }

@@ -5,8 +5,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TreeWatcher } from './tree-watcher.js';
+import { Share } from './share.js';
+import { shareWithOutwardLinks } from '../../test/support/outward-links.js';
 
-/** A TreeWatcher on a temporary folder of this host; names reported, as 'a/b' strings. */
+/** A TreeWatcher on the folder `root` of a share in a temporary folder of this host; names reported, as 'a/b' strings. */
 function setup(t: TestContext, prepare?: (root: string) => void, maxDirs = 1000) {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-tw-'));
   const root = path.join(base, 'root');
@@ -14,9 +16,11 @@ function setup(t: TestContext, prepare?: (root: string) => void, maxDirs = 1000)
   prepare?.(root);
   const seen = new Set<string>();
   const limits: string[] = [];
-  const w = new TreeWatcher(root, { onChange: (rel) => seen.add(rel.join('/')), onLimit: (i) => limits.push(`${i.dir}: ${i.reason}`), maxDirs });
+  const share = new Share({ id: 's', path: base, readOnly: false });
+  const w = new TreeWatcher(share, ['root'], { onChange: (rel) => seen.add(rel.join('/')), onLimit: (i) => limits.push(`${i.dir}: ${i.reason}`), maxDirs });
   t.after(() => {
     w.close();
+    share.close();
     fs.rmSync(base, { recursive: true, force: true });
   });
   return { base, root, w, seen, limits, h: (...rel: string[]) => path.join(root, ...rel) };
@@ -93,6 +97,44 @@ test('symbolic links are not followed: changes behind a link to a folder outside
   await sleep(50);
   assert.deepEqual([...s.seen], ['here']);
   assert.equal(s.w.size, 1);
+});
+
+test('a folder that is a symlink to one outside the share, or lies behind one, is not watched: nothing outside is reported', async (t) => {
+  const { dir, outside } = shareWithOutwardLinks(t, 'berth-tw-');
+  const share = new Share({ id: 's', path: dir, readOnly: false });
+  const seen: string[] = [];
+  const opts = { onChange: (rel: string[]) => seen.push(rel.join('/')), onLimit: () => {}, maxDirs: 1000 };
+  const link = new TreeWatcher(share, ['link'], opts);
+  const behind = new TreeWatcher(share, ['behind', 'sub'], opts);
+  t.after(() => {
+    link.close();
+    behind.close();
+    share.close();
+  });
+  assert.equal(link.size, 0);
+  assert.equal(behind.size, 0);
+  fs.writeFileSync(path.join(outside, 'x'), 'x');
+  fs.writeFileSync(path.join(outside, 'sub', 'y'), 'y');
+  fs.mkdirSync(path.join(outside, 'sub', 'new'));
+  await sleep(100);
+  assert.deepEqual(seen, []);
+});
+
+test('a watched folder moved out of the share and replaced by a symlink to it is no longer watched', async (t) => {
+  const s = setup(t, (r) => fs.mkdirSync(path.join(r, 'd', 'inner'), { recursive: true }));
+  assert.equal(s.w.size, 3);
+  const away = path.join(s.base, 'away');
+  fs.renameSync(s.h('d'), away);
+  fs.symlinkSync(away, s.h('d'));
+  await until(() => s.w.size === 1);
+  assert.equal(s.w.size, 1, 'the root only');
+  s.seen.clear();
+  fs.writeFileSync(path.join(away, 'secret'), 'x');
+  fs.writeFileSync(path.join(away, 'inner', 'secret'), 'x');
+  fs.writeFileSync(s.h('here'), 'x');
+  await until(() => s.seen.has('here'));
+  await sleep(50);
+  assert.deepEqual([...s.seen], ['here']);
 });
 
 test('over maxDirs: the rest is left out and onLimit is called once', async (t) => {

@@ -1,5 +1,5 @@
-import { HEADER, NOFID, NOTAG, T, type Qid } from './p9-wire.js';
-import { P9Session } from './p9-session.js';
+import { HEADER, NOFID, NOTAG, T, type Qid } from '../../src/fs/p9-wire.js';
+import { P9Session } from '../../src/fs/p9-session.js';
 
 /**
  * A minimal 9P2000.L client for unit tests: builds requests byte by byte (independently of the
