@@ -68,10 +68,10 @@ export async function benchFileserver(runs: number): Promise<BenchResult> {
   fs.mkdirSync(path.join(root, ...DEEP), { recursive: true });
   for (let i = 0; i < DEEP_FILES; i++) fs.writeFileSync(path.join(root, ...DEEP, `g${i}`), content);
   const share = new Share({ id: 'b', path: root, readOnly: false });
-  const session = new P9Session({ shares: new Map([['b', share]]), token: TOKEN, maxMsize: MSIZE, qids: new QidMap(), log: () => {} });
+  const session = new P9Session({ shares: new Map([['b', share]]), share: 'b', maxMsize: MSIZE, qids: new QidMap(), log: () => {} });
   const client = new TestClient(session);
   client.version(MSIZE);
-  client.rpc(T.attach, new Msg().u32(FID).u32(0xffffffff).str('').str(`${TOKEN}:b`).u32(os.userInfo().uid));
+  client.rpc(T.attach, new Msg().u32(FID).u32(0xffffffff).str('').str('b').u32(os.userInfo().uid));
 
   /** Hands one prebuilt request to the session; anything but the expected reply is a failure. */
   const send = (m: Buffer) => {

@@ -13,7 +13,7 @@ import { followLog, parseLogsMeta } from './logs-service.js';
 import { powerOff, prepareShutdown, readBootId, readBootTimes, readImageKey, systemInfo } from './system.js';
 import type { GuestInfo } from '../control/guest-info.js';
 import { SharedFolders, bootMountsDone, readShareFailures, remountShares } from './shared-folders.js';
-import { ACT_OPS, type ActOp } from '../control/actuator.js';
+import { ACT_OPS, REPLAYED_OPS, isActuatorUid, type ActOp } from '../control/actuator.js';
 
 /**
  * The berth guest agent. Runs inside the VM on Debian's Node 18 (bundled into one file by
@@ -100,29 +100,38 @@ function main(): void {
       }
       return { pinned: out, total: folders.pinnedCount };
     },
-    'fs.remount': async () => {
+    'fs.remount': async (p: unknown) => {
       // The host's file server restarted: the old mounts' connections are dead. Pins held
-      // dentries of those mounts; the daemon pins again for the containers it finds.
+      // dentries of those mounts; the daemon pins again for the containers it finds. The
+      // boot's tickets are used up: the host sends a fresh one per share.
+      const tickets = p && typeof p === 'object' ? (p as { tickets?: unknown }).tickets : undefined;
+      if (!tickets || typeof tickets !== 'object' || Array.isArray(tickets) || !Object.values(tickets).every((t) => typeof t === 'string')) {
+        throw Object.assign(new Error('fs.remount needs {tickets: {shareId: ticket}}'), { code: 'USAGE' });
+      }
       folders.close();
-      return { failures: await remountShares() };
+      return { failures: await remountShares(tickets as Record<string, string>) };
     },
     // The shares the boot could not mount (docs/files.md "Transport"), once the boot's mounts are over.
     'fs.status': async (p: unknown) => {
       await bootMountsDone(timeoutFrom(p, 'timeoutMs', 30_000));
       return { failures: readShareFailures() };
     },
+    // Bind sources just before a container starts: what the VM resolves each to (docs/docker-proxy.md).
+    'fs.verify': async (p: unknown) => ({ results: pathsFrom(p).map((path) => folders.verify(path)) }),
     'fs.unpin': async (p: unknown) => {
       for (const path of pathsFrom(p)) folders.unpin(path);
       return { total: folders.pinnedCount };
     },
     'fs.act': async (p: unknown) => {
-      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; path?: unknown; to?: unknown; size?: unknown; cached?: unknown };
+      const o = (p && typeof p === 'object' ? p : {}) as { op?: unknown; uid?: unknown; path?: unknown; to?: unknown; size?: unknown; cached?: unknown };
       const sizeOk = o.size === undefined || (Number.isSafeInteger(o.size) && (o.size as number) >= 0);
-      if (!ACT_OPS.includes(o.op as ActOp) || !isAbsPath(o.path) || (o.to !== undefined && !isAbsPath(o.to)) || !sizeOk) {
-        throw Object.assign(new Error('fs.act needs {op, path[, to][, size]} with absolute paths and a size that is a whole number of bytes'), { code: 'USAGE' });
+      const uidOk = REPLAYED_OPS.includes(o.op as ActOp) ? isActuatorUid(o.uid) : o.uid === undefined || isActuatorUid(o.uid);
+      if (!ACT_OPS.includes(o.op as ActOp) || !uidOk || !isAbsPath(o.path) || (o.to !== undefined && !isAbsPath(o.to)) || !sizeOk) {
+        throw Object.assign(new Error('fs.act needs {op, uid, path[, to][, size]} with an actuator uid, absolute paths and a size that is a whole number of bytes'), { code: 'USAGE' });
       }
       await folders.act({
         op: o.op as ActOp,
+        ...(o.uid !== undefined ? { uid: o.uid as number } : {}),
         path: o.path as string,
         ...(o.to !== undefined ? { to: o.to as string } : {}),
         ...(o.size !== undefined ? { size: o.size as number } : {}),

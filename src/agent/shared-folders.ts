@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
-import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
+import type { ActOp, ActRequest } from '../control/actuator.js';
 import { isWithin } from '../util/paths.js';
 import { SHARE_FAILURES_FILE, parseShareFailuresFile, type ShareFailure } from '../control/share-mounts.js';
 
@@ -20,7 +20,7 @@ const CONTAINERD_GATE = '/run/berth/containerd-gate';
  * containers start, and what the actuator creates, before the actuator lets go of it.
  *
  * Actuator: every host change is replayed on the shared mount by a short-lived busybox process
- * running as ACTUATOR_UID (create, truncate to the host's size, unlink, rename, ...). The file server
+ * running as the file server's actuator uid (create, truncate to the host's size, unlink, rename, ...). The file server
  * recognises that uid's requests (v9fs access=user attaches per uid), applies none of them (the
  * host already changed) and answers as if it had, so the guest kernel emits real inotify events
  * to every watcher. The process reaches the directory through a descriptor the agent (root) opened
@@ -32,6 +32,8 @@ const MAX_PINS_PER_ROOT = 20_000;
 /** Files pinned under one root at most, and how many lookups run at once while pinning. */
 const MAX_FILE_PINS_PER_ROOT = 20_000;
 const PIN_CONCURRENCY = 8;
+/** How long a verified bind source stays held: longer than a start takes under TCG. */
+const VERIFY_HOLD_MS = 120_000;
 /** Folders whose files are not pinned (their folders are). */
 const UNWATCHED_FILES = /\/(node_modules|\.git)(\/|$)/;
 
@@ -208,6 +210,34 @@ export class SharedFolders {
     return [...this.roots.keys()].some((root) => isWithin(p, root));
   }
 
+  /**
+   * What the VM resolves a bind source to, just before a container starts (docs/docker-proxy.md
+   * "Symbolic links in bind sources"): the path is opened as runc will open it (following links),
+   * and the kernel's own path of what it got is reported. The handle is held for a while, so the
+   * dentry stays in use and runc's lookup of the same path meets it: v9fs does not revalidate a
+   * dentry in use (cache=mmap has no d_revalidate; cache=loose only for attributes it marked
+   * stale), so a host that swaps the folder for a link after this check does not change what is
+   * mounted.
+   */
+  verify(p: string): { path: string; resolved: string | null; kind: 'dir' | 'file' | 'other' | 'missing' } {
+    let fd: number;
+    try {
+      fd = fs.openSync(p, O_PATH);
+    } catch {
+      return { path: p, resolved: null, kind: 'missing' };
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      const resolved = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      const held = fd;
+      setTimeout(() => fs.closeSync(held), VERIFY_HOLD_MS).unref();
+      fd = -1;
+      return { path: p, resolved, kind: st.isDirectory() ? 'dir' : st.isFile() ? 'file' : 'other' };
+    } finally {
+      if (fd >= 0) fs.closeSync(fd);
+    }
+  }
+
   close(): void {
     for (const fd of this.pins.values()) fs.closeSync(fd);
     this.pins.clear();
@@ -333,8 +363,10 @@ function openDir(dir: string): number {
 function runActuator(script: string, req: ActRequest, fds: number[], onHeld: (pid: number) => void): Promise<void> {
   const second = req.to ? [path.basename(req.to)] : req.size !== undefined ? [String(req.size)] : [];
   const args = ['sh', '-c', script, 'actuator', path.basename(req.path), ...second];
+  if (req.uid === undefined) return Promise.reject(new Error(`fs.act ${req.op} needs the actuator's uid`));
+  const uid = req.uid;
   return new Promise<void>((resolve, reject) => {
-    const child = spawn('/bin/busybox', args, { uid: ACTUATOR_UID, gid: ACTUATOR_UID, stdio: ['pipe', 'pipe', 'pipe', ...fds], cwd: '/' });
+    const child = spawn('/bin/busybox', args, { uid, gid: uid, stdio: ['pipe', 'pipe', 'pipe', ...fds], cwd: '/' });
     child.stdin!.on('error', () => {}); // the script may exit without reading it
     child.stdout!.once('data', () => {
       try {
@@ -361,9 +393,17 @@ function runActuator(script: string, req: ActRequest, fds: number[], onHeld: (pi
  * its file server is new and the old mounts' connections are dead. Resolves with the shares that
  * failed (none: every share is mounted again).
  */
-export function remountShares(): Promise<ShareFailure[]> {
+/**
+ * Mounts every share again with fresh single-use tickets from the host (id → ticket); they reach
+ * mount-shares in its environment, which containers cannot read (docs/files.md "Security").
+ */
+export function remountShares(tickets: Record<string, string>): Promise<ShareFailure[]> {
+  const list = Object.entries(tickets)
+    .filter(([id, t]) => /^[A-Za-z0-9_-]{1,32}$/.test(id) && /^[0-9a-f]{16,128}$/.test(t))
+    .map(([id, t]) => `${id}=${t}`)
+    .join(' ');
   return new Promise((resolve, reject) => {
-    const child = spawn('/usr/lib/berth/mount-shares', ['--remount'], { stdio: 'ignore' });
+    const child = spawn('/usr/lib/berth/mount-shares', ['--remount'], { stdio: 'ignore', env: { ...process.env, BERTH_TICKETS: list } });
     child.on('error', reject);
     child.on('exit', () => resolve(readShareFailures()));
   });

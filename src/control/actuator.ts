@@ -3,8 +3,25 @@
  * requests (docs/files.md "Change events").
  */
 
-/** The uid the actuator runs as in the guest; the file server fakes that uid's requests. */
-export const ACTUATOR_UID = 2147483646;
+import { randomInt } from 'node:crypto';
+
+/**
+ * The uids the actuator may run as in the guest. The file server fakes that uid's requests; on
+ * one v9fs mount the attach uid is the only identity a request carries (a second connection
+ * would be a second superblock, whose inotify events no container's watch hears), so the uid is
+ * drawn at random for each file server (docs/security.md rule 13) instead of being one a
+ * container could take by habit. Node spawns only int32 uids.
+ */
+export const ACTUATOR_UID_MIN = 2 ** 30;
+export const ACTUATOR_UID_MAX = 2 ** 31 - 2;
+
+export function randomActuatorUid(): number {
+  return randomInt(ACTUATOR_UID_MIN, ACTUATOR_UID_MAX + 1);
+}
+
+export function isActuatorUid(n: unknown): n is number {
+  return Number.isSafeInteger(n) && (n as number) >= ACTUATOR_UID_MIN && (n as number) <= ACTUATOR_UID_MAX;
+}
 
 /**
  * What the actuator replays. Three ops replay nothing and only keep the agent's pins true:
@@ -24,6 +41,8 @@ export type ActOp = 'create' | 'mkdir' | 'modify' | 'delete' | 'rmdir' | 'rename
 
 export interface ActRequest {
   op: ActOp;
+  /** The uid to replay as (this file server's actuator uid); the ops that replay a change need it. */
+  uid?: number;
   /** Guest path (a shared folder's path plus the relative path). */
   path: string;
   /** The new path of a rename. */
@@ -37,5 +56,8 @@ export interface ActRequest {
   /** unpin: the path is in a cached share (cache=loose). */
   cached?: boolean;
 }
+
+/** The ops the actuator replays as a process of its own (the others only keep the agent's pins true). */
+export const REPLAYED_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename'];
 
 export const ACT_OPS: readonly ActOp[] = ['create', 'mkdir', 'modify', 'delete', 'rmdir', 'rename', 'pin', 'sweep', 'unpin'];

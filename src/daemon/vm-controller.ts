@@ -70,6 +70,11 @@ interface Running {
   startedAt: Date;
 }
 
+/** A boot ticket outlives the start timeout by this much (the boot's mounts spend them first). */
+const BOOT_TICKET_SLACK_MS = 60_000;
+/** How long the agent gets to mount every share again (and a remount's tickets live). */
+const REMOUNT_TIMEOUT_MS = 40_000;
+
 export class VmController extends EventEmitter {
   private state: VmState = 'stopped';
   private running: Running | undefined;
@@ -113,8 +118,8 @@ export class VmController extends EventEmitter {
       const image = saved?.image ?? (await this.images.current());
       // The guest was configured for the network of its start, whatever the settings say now.
       const network = saved?.network ?? guestNetwork(this.settings, this.paths);
-      // The same token and shares as the boot the guest mounted with.
-      const files = saved?.files ? new FileService(this.paths.p9Socket, saved.files.shares, this.log.child('files'), saved.files.token) : undefined;
+      // The shares of the boot the guest mounted; it mounts them again with fresh tickets.
+      const files = saved?.files ? new FileService(this.paths.p9Socket, saved.files.shares, this.log.child('files')) : undefined;
       await files?.start();
       const net = network.translator ? new NetService(network.translator, this.log.child('net')) : undefined;
       net?.start();
@@ -123,7 +128,7 @@ export class VmController extends EventEmitter {
       this.watch(running);
       await session.waitEngineReady(60_000);
       if (files) {
-        running.unavailable = await this.remountShares(session, files.shares);
+        running.unavailable = await this.remountShares(session, files);
         for (const f of running.unavailable) this.warnings.push(shareFailureWarning(f));
       }
       this.startChangeEvents(running);
@@ -277,7 +282,9 @@ export class VmController extends EventEmitter {
         files = f;
         await step(record, 'files', 'Start the file server', async (d) => {
           await f.start();
-          await writeFileAtomic(this.paths.sharesConfig, guestShareConfig(f.token, plan.shares));
+          // The boot's tickets: spent by the boot's mounts, and revoked once they are over.
+          const tickets = f.issueTickets(settings.startTimeoutSec * 1000 + BOOT_TICKET_SLACK_MS);
+          await writeFileAtomic(this.paths.sharesConfig, guestShareConfig(plan.shares, tickets));
           d(plan.shares.map((s) => `${s.path}${s.readOnly ? ' (read-only)' : ''}`).join(', '));
         });
       } else if (plan.shares.length > 0) {
@@ -378,8 +385,10 @@ export class VmController extends EventEmitter {
       const running: Running = { qemu: started, session: s, net, network, publisher: undefined, files, mounts: undefined, unavailable: [], proxy: undefined, accelerator: accel, image, startedAt: new Date() };
       if (files && files.shares.length > 0) {
         const shares = files.shares;
+        const fileService = files;
         running.unavailable = await step(record, 'shares', 'Check the shared folders in the VM', async (d) => {
           const failures = await this.shareFailures(s, shares);
+          fileService.revokeTickets();
           d(`${shares.length - failures.length} of ${shares.length} mounted`);
           return failures;
         });
@@ -394,7 +403,7 @@ export class VmController extends EventEmitter {
       running.publisher = this.startPublisher(running);
       this.running = running;
       this.watch(running);
-      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId, network, ...(files ? { files: { token: files.token, shares: files.shares } } : {}) });
+      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: accel, image, bootId: info.bootId, network, ...(files ? { files: { shares: files.shares } } : {}) });
       try {
         const ctx = await registerDockerContext(`unix://${dockerSocket}`, { use: opts.switchContext ?? false });
         if (opts.switchContext) record({ type: 'note', level: 'info', message: `docker context "${ctx.name}" is now the current context.`, at: Date.now() });
@@ -414,7 +423,7 @@ export class VmController extends EventEmitter {
       await files?.stop();
       if (qemu && !qemu.hasExited) await qemu.quit(3000);
       await this.teardown(false);
-      const consoleTail = await readTail(this.paths.vmLog, 25);
+      const consoleTail = await currentBootTail(this.paths.vmLog);
       const details = { ...(e.details ?? {}), ...(consoleTail && qemu ? { consoleTail } : {}) };
       const failure = new BerthError(e.code, e.message, {
         hint: e.hint ?? `See the console log (${this.paths.vmLog}) and \`berth logs engine\`.`,
@@ -475,7 +484,7 @@ export class VmController extends EventEmitter {
       if (this.state === 'stopping') return; // expected
       void (async () => {
         const err = this.qemuExitError(e);
-        const consoleTail = await readTail(this.paths.vmLog, 25);
+        const consoleTail = await currentBootTail(this.paths.vmLog);
         this.failure = new BerthError(err.code, err.message, { hint: 'Run `berth start` to boot it again; your images and volumes are on the data disk.', details: { consoleTail } }).toJSON();
         this.log.error('qemu exited unexpectedly', { code: e.code, signal: e.signal });
         await this.teardown(false);
@@ -507,15 +516,17 @@ export class VmController extends EventEmitter {
    * gives no answer, every share counts as failed: refusing a bind mount that would have worked
    * loses nothing, letting a container write into a VM folder that is not the share does.
    */
-  private async remountShares(session: GuestSession, shares: readonly ShareSpec[]): Promise<ShareFailure[]> {
+  private async remountShares(session: GuestSession, files: FileService): Promise<ShareFailure[]> {
+    const shares = files.shares;
     try {
       // mount-shares gives a mount 10 s, and 2 s each to the rest after one timed out (docs/files.md "Transport").
-      const failures = parseShareFailures(await session.rpc('fs.remount', {}, 40_000));
-      if (failures.length) this.log.warn('some shared folders could not be mounted again after the daemon restarted', { failed: failures.map((f) => f.path).join(', ') });
-      else this.log.info('shared folders mounted again after the daemon restarted; containers started before keep their old mounts until they restart');
+      const tickets = files.issueTickets(REMOUNT_TIMEOUT_MS);
+      const failures = parseShareFailures(await session.rpc('fs.remount', { tickets }, REMOUNT_TIMEOUT_MS).finally(() => files.revokeTickets()));
+      if (failures.length) this.log.warn('some shared folders could not be mounted again after the file server restarted', { failed: failures.map((f) => f.path).join(', ') });
+      else this.log.info('shared folders mounted again after the file server restarted; containers started before keep their old mounts until they restart');
       return failures;
     } catch (err) {
-      this.log.warn('could not mount the shared folders again after the daemon restarted; restart berth (berth stop && berth start)', { err: (err as Error).message });
+      this.log.warn('could not mount the shared folders again after the file server restarted; restart berth (berth stop && berth start)', { err: (err as Error).message });
       return shares.map((s) => ({ path: s.path, reason: `the VM did not finish mounting it again (${(err as Error).message})` }));
     }
   }
@@ -539,6 +550,13 @@ export class VmController extends EventEmitter {
     const files = r.files;
     if (!files) return;
     const session = r.session;
+    // A file server that crashed and came back has lost every connection: the guest mounts the
+    // shares again, with fresh tickets.
+    files.onRestart = () => {
+      void this.remountShares(session, files).then((failed) => {
+        if (this.running === r) r.unavailable = failed;
+      });
+    };
     files.actuate = async (req) => {
       await session.rpc('fs.act', req, 15_000);
     };
@@ -546,6 +564,7 @@ export class VmController extends EventEmitter {
       {
         shares: () => files.shares.map((s) => s.path),
         inspect: (id) => dockerJson(() => session.openDocker(), 'GET', `/containers/${encodeURIComponent(id)}/json`),
+        verify: (paths) => session.rpc('fs.verify', { paths }, 30_000),
         pin: async (paths) => {
           // A cached share: the VM may have cached these folders while nobody watched them.
           const dropCaches = paths.some((p) => files.shares.some((s) => s.cache && isWithin(p, s.path)));
@@ -613,7 +632,14 @@ export class VmController extends EventEmitter {
       log: this.log.child('docker-proxy'),
       policy: () => policy,
       beforeRun: async (run) => {
-        if (run.kind === 'start') await this.running?.mounts?.prepare(run.id);
+        if (run.kind === 'start') {
+          const refusal = await this.running?.mounts?.verifyStart(run.id);
+          if (refusal) {
+            this.log.warn('container start refused: a bind source changed since the container was created', { id: run.id, why: refusal });
+            return { refuse: refusal };
+          }
+          await this.running?.mounts?.prepare(run.id);
+        }
         // A cached share shows a host change only once it is replayed in the guest (docs/files.md
         // "Caching"): what starts now must not read what was there before the change.
         if (cached && this.running?.files && !(await this.running.files.drain(DRAIN_TIMEOUT_MS))) {
@@ -679,8 +705,8 @@ interface VmFile {
   image: ResolvedImage;
   bootId: string;
   network: GuestNetwork;
-  /** The file server's token and shares of this boot (the guest mounted with them). */
-  files?: { token: string; shares: ShareSpec[] };
+  /** The shares of this boot (the guest mounted them). */
+  files?: { shares: ShareSpec[] };
 }
 
 function networkStatus(r: Running): NetworkStatus {
@@ -754,4 +780,15 @@ async function guestStreams(session: GuestSession): Promise<number | null> {
   } catch {
     return null;
   }
+}
+
+/**
+ * The last 25 console lines of the VM's current boot: a guest that rebooted inside the same QEMU
+ * (panic=-1 reboots on a kernel panic) has earlier boots in the same log, cut at the last
+ * kernel banner.
+ */
+async function currentBootTail(vmLog: string): Promise<string> {
+  const lines = (await readTail(vmLog, 400)).split('\n');
+  const banner = lines.map((l) => /Linux version \d/.test(l)).lastIndexOf(true);
+  return lines.slice(Math.max(banner, 0)).slice(-25).join('\n');
 }

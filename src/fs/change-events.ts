@@ -3,7 +3,7 @@ import path from 'node:path';
 import { E, errnoOf } from './errno.js';
 import type { ActuatorHooks, GoneEntry } from './p9-session.js';
 import type { Share } from './share.js';
-import { ACTUATOR_UID, type ActOp, type ActRequest } from '../control/actuator.js';
+import { REPLAYED_OPS, type ActOp, type ActRequest } from '../control/actuator.js';
 import { isWithin } from '../util/paths.js';
 import { TreeWatcher } from './tree-watcher.js';
 
@@ -71,9 +71,10 @@ export class ChangeEvents {
     private readonly actuate: (req: ActRequest) => Promise<void>,
     private readonly log: (level: 'debug' | 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void,
     private readonly limits: ChangeEventsLimits = { maxActsPerBurst: MAX_ACTS_PER_BURST },
+    readonly actuatorUid = 2 ** 31 - 2,
   ) {
     this.hooks = {
-      uid: ACTUATOR_UID,
+      uid: actuatorUid,
       view: (share, comps) => this.views.get(key(share, comps)),
       done: (share, comps) => this.views.delete(key(share, comps)),
     };
@@ -424,6 +425,7 @@ export class ChangeEvents {
     try {
       await this.actuate({
         op: o.op,
+        ...(REPLAYED_OPS.includes(o.op) ? { uid: this.actuatorUid } : {}),
         path: guest(o.rel),
         ...(o.to ? { to: guest(o.to) } : {}),
         ...(o.size !== undefined ? { size: Number(o.size) } : {}),

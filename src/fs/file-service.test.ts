@@ -23,12 +23,15 @@ test('planShares: folders that exist are shared with their options; missing ones
   }
 });
 
-test('guestShareConfig: the token, then id, mode, cache mode and path per line (what mount-shares reads)', () => {
-  const cfg = guestShareConfig('tok', [
-    { id: 's0', path: '/home/me', readOnly: false, cache: true },
-    { id: 's1', path: '/data with space', readOnly: true },
-  ]);
-  assert.equal(cfg, 'tok\ns0\trw\tloose\t/home/me\ns1\tro\tmmap\t/data with space\n');
+test('guestShareConfig: id, mode, cache mode, ticket and path per line (what mount-shares reads)', () => {
+  const cfg = guestShareConfig(
+    [
+      { id: 's0', path: '/home/me', readOnly: false, cache: true },
+      { id: 's1', path: '/data with space', readOnly: true },
+    ],
+    { s0: 'aa', s1: 'bb' },
+  );
+  assert.equal(cfg, 's0\trw\tloose\taa\t/home/me\ns1\tro\tmmap\tbb\t/data with space\n');
 });
 
 test('drain: resolves true once the host changes made so far were replayed through actuate (the real worker thread); false once stopped', async (t) => {

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import type { Logger } from '../util/log.js';
 import { SupervisedWorker } from '../util/supervised-worker.js';
@@ -7,12 +6,15 @@ import type { ShareSetting } from '../settings/settings.js';
 import type { FsWorkerConfig, FsWorkerMessage, ToFsWorker } from './fs-worker.js';
 import type { ActRequest } from '../control/actuator.js';
 import type { ShareSpec } from './share.js';
+import { newTicket, type Ticket } from './tickets.js';
+import { randomActuatorUid } from '../control/actuator.js';
 
 /**
  * The daemon's side of file sharing (docs/files.md): decides which configured folders are shared
  * this boot, runs the 9P server in a supervised worker thread on a Unix socket (the translator
- * hands it the guest's connections to gateway:564), and writes what the guest's init needs to
- * mount them: a random token of this boot and the share list, passed to QEMU as a fw_cfg file.
+ * hands it the guest's connections to gateway:564), issues the single-use tickets that open it
+ * (tickets.ts), and writes what the guest's init needs to mount the shares: the share list with a
+ * ticket each, passed to QEMU as a fw_cfg file.
  */
 const HEAP_LIMIT_MB = 256;
 /** The largest 9P message: the Linux client's TCP transport maximum is 1 MiB (MAX_SOCK_BUF). */
@@ -45,21 +47,26 @@ export function planShares(settings: readonly ShareSetting[]): SharePlan {
 }
 
 /**
- * The fw_cfg file the guest's init reads: the token on the first line, then one share per line,
- * "id<TAB>ro|rw<TAB>mmap|loose<TAB>path" (the third field is the v9fs cache mode: mmap, which
- * caches no file data but allows writable shared mappings, or loose for a share with
- * `cache: true`; docs/files.md "Transport"). Settings validation keeps tabs and newlines out of
- * paths.
+ * The fw_cfg file the guest's init reads (guest/rootfs/usr/lib/berth/mount-shares): one share per
+ * line, "id<TAB>ro|rw<TAB>mmap|loose<TAB>ticket<TAB>path" (the third field is the v9fs cache
+ * mode: mmap, which caches no file data but allows writable shared mappings, or loose for a share
+ * with `cache: true`; docs/files.md "Transport"). Settings validation keeps tabs and newlines out
+ * of paths.
  */
-export function guestShareConfig(token: string, shares: readonly ShareSpec[]): string {
-  return [token, ...shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.cache ? 'loose' : 'mmap'}\t${s.path}`)].join('\n') + '\n';
+export function guestShareConfig(shares: readonly ShareSpec[], tickets: Readonly<Record<string, string>>): string {
+  return shares.map((s) => `${s.id}\t${s.readOnly ? 'ro' : 'rw'}\t${s.cache ? 'loose' : 'mmap'}\t${tickets[s.id] ?? '-'}\t${s.path}`).join('\n') + '\n';
 }
 
 export class FileService {
   private readonly worker: SupervisedWorker<ToFsWorker, FsWorkerMessage>;
   private ready: (() => void) | undefined;
   private roots: string[] = [];
-  readonly token: string;
+  /** Tickets not spent yet, sent again to a restarted worker. */
+  private tickets: Ticket[] = [];
+  /** This file server's change-event actuator uid (docs/security.md rule 13). */
+  readonly actuatorUid = randomActuatorUid();
+  /** After the worker restarted: its connections, and so the guest's mounts, are gone. */
+  onRestart: (() => void) | undefined;
   /** Replays a host change in the guest (the agent's fs.act); set once the guest session is up. */
   actuate: ((req: ActRequest) => Promise<void>) | undefined;
   private nextDrain = 1;
@@ -69,10 +76,8 @@ export class FileService {
     readonly socketPath: string,
     readonly shares: ShareSpec[],
     log: Logger,
-    token?: string,
   ) {
-    this.token = token ?? randomBytes(24).toString('hex');
-    const cfg: FsWorkerConfig = { socketPath, token: this.token, shares, maxMsize: MAX_MSIZE };
+    const cfg: FsWorkerConfig = { socketPath, shares, maxMsize: MAX_MSIZE, actuatorUid: this.actuatorUid };
     this.worker = new SupervisedWorker(
       {
         name: 'file server',
@@ -87,6 +92,9 @@ export class FileService {
         },
         onStart: () => {
           if (this.roots.length) this.worker.send({ type: 'roots', paths: this.roots });
+          this.tickets = this.tickets.filter((t) => t.expiresAt > Date.now());
+          if (this.tickets.length) this.worker.send({ type: 'tickets', tickets: this.tickets });
+          if (this.worker.restarts > 0) this.onRestart?.();
         },
       },
       log,
@@ -117,6 +125,22 @@ export class FileService {
   async stop(): Promise<void> {
     await this.worker.stop();
     fs.rmSync(this.socketPath, { force: true });
+  }
+
+  /** A fresh single-use ticket per share, valid for `ttlMs`: share id → ticket. */
+  issueTickets(ttlMs: number): Record<string, string> {
+    const out: Record<string, string> = {};
+    const fresh = this.shares.map((s): Ticket => ({ ticket: newTicket(), share: s.id, expiresAt: Date.now() + ttlMs }));
+    for (const t of fresh) out[t.share] = t.ticket;
+    this.tickets = [...this.tickets.filter((t) => t.expiresAt > Date.now()), ...fresh];
+    this.worker.send({ type: 'tickets', tickets: fresh });
+    return out;
+  }
+
+  /** Spends every ticket not used yet (the mounts they were for are over). */
+  revokeTickets(): void {
+    this.tickets = [];
+    this.worker.send({ type: 'revoke-tickets' });
   }
 
   /** The folders whose host changes are replayed in the guest (bind-mount sources in shares). */

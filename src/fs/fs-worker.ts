@@ -5,6 +5,7 @@ import { QidMap } from './qids.js';
 import { Share, type ShareSpec } from './share.js';
 import { ChangeEvents } from './change-events.js';
 import type { ActRequest } from '../control/actuator.js';
+import { TicketBook, type Ticket } from './tickets.js';
 
 /**
  * The file server's worker thread (docs/files.md): its own event loop and heap, so slow host
@@ -14,13 +15,20 @@ import type { ActRequest } from '../control/actuator.js';
  */
 export interface FsWorkerConfig {
   socketPath: string;
-  token: string;
   shares: ShareSpec[];
   maxMsize: number;
+  /** This file server's change-event actuator uid (control/actuator.ts). */
+  actuatorUid: number;
 }
 
 /** Daemon → worker. */
-export type ToFsWorker = { type: 'roots'; paths: string[] } | { type: 'acted'; id: number; error?: string } | { type: 'drain'; id: number } | { type: 'stop' };
+export type ToFsWorker =
+  | { type: 'roots'; paths: string[] }
+  | { type: 'acted'; id: number; error?: string }
+  | { type: 'drain'; id: number }
+  | { type: 'tickets'; tickets: Ticket[] }
+  | { type: 'revoke-tickets' }
+  | { type: 'stop' };
 
 /** Worker → daemon. */
 export type FsWorkerMessage =
@@ -49,9 +57,12 @@ const events = new ChangeEvents(
       post({ type: 'act', id, req });
     }),
   log,
+  undefined,
+  cfg.actuatorUid,
 );
 
-const server = new P9Server({ shares, token: cfg.token, maxMsize: cfg.maxMsize, qids, log, actuator: events.hooks, guestChanged: (s, c) => events.guestChanged(s, c) });
+const tickets = new TicketBook();
+const server = new P9Server({ shares, tickets, maxMsize: cfg.maxMsize, qids, log, actuator: events.hooks, guestChanged: (s, c) => events.guestChanged(s, c) });
 fs.rmSync(cfg.socketPath, { force: true });
 await server.listen(cfg.socketPath);
 fs.chmodSync(cfg.socketPath, 0o600);
@@ -67,6 +78,12 @@ port.on('message', (m: ToFsWorker) => {
       break;
     case 'drain':
       void events.drain().then(() => post({ type: 'drained', id: m.id }));
+      break;
+    case 'tickets':
+      for (const t of m.tickets) tickets.add(t);
+      break;
+    case 'revoke-tickets':
+      tickets.revokeAll();
       break;
     case 'stop':
       events.close();

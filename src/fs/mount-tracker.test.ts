@@ -17,7 +17,9 @@ interface Fake {
   pins: string[][];
   unpins: string[][];
   watches: string[][];
-  fail: { inspect?: 'throw' | 'reject'; pin?: 'throw' | 'reject'; unpin?: 'reject' };
+  fail: { inspect?: 'throw' | 'reject'; pin?: 'throw' | 'reject'; unpin?: 'reject'; verify?: 'reject' };
+  /** What the VM resolves a path to (fs.verify); default: itself, a folder. */
+  vm: Map<string, { resolved: string | null; kind: string }>;
 }
 
 function fake(shares: string[] = ['/home/me', '/tmp']): Fake {
@@ -28,6 +30,7 @@ function fake(shares: string[] = ['/home/me', '/tmp']): Fake {
     unpins: [],
     watches: [],
     fail: {},
+    vm: new Map(),
     deps: undefined as unknown as MountTrackerDeps,
   };
   f.deps = {
@@ -44,6 +47,11 @@ function fake(shares: string[] = ['/home/me', '/tmp']): Fake {
       if (f.fail.pin === 'throw') throw new Error('agent gone');
       if (f.fail.pin === 'reject') return Promise.reject(new Error('pin failed'));
       return Promise.resolve();
+    },
+    verify: (paths) => {
+      f.calls.push(`verify ${paths.join(',')}`);
+      if (f.fail.verify === 'reject') return Promise.reject(new Error('agent gone'));
+      return Promise.resolve({ results: paths.map((p) => ({ path: p, ...(f.vm.get(p) ?? { resolved: p, kind: 'dir' }) })) });
     },
     unpin: (paths) => {
       f.calls.push(`unpin ${paths.join(',')}`);
@@ -262,4 +270,24 @@ test('no re-check once the container was seen (update), nor for one with no shar
   assert.deepEqual(f.calls.filter((c) => c.startsWith('inspect')), ['inspect seen', 'inspect plain', 'inspect closed']);
   assert.deepEqual(f.unpins, []);
   assert.deepEqual(m.all(), ['/home/me/a', '/home/me/c']);
+});
+
+test('verifyStart: a bind source that the VM now resolves through a symbolic link, or that is gone, refuses the start', async (t) => {
+  const f = fake();
+  const m = tracker(t, f);
+  f.inspects.set('c1', { Id: 'c1', Mounts: [bind('/home/me/proj'), bind('/srv/not-shared'), { Type: 'volume', Source: '/var/lib/docker/volumes/v/_data' }] });
+  assert.equal(await m.verifyStart('c1'), undefined, 'a folder the VM resolves to itself');
+  assert.deepEqual(f.calls.filter((c) => c.startsWith('verify')), ['verify /home/me/proj'], 'only bind sources inside shares are checked');
+  f.vm.set('/home/me/proj', { resolved: '/etc', kind: 'dir' });
+  assert.match((await m.verifyStart('c1')) ?? '', /\/home\/me\/proj is now a symbolic link to \/etc/);
+  f.vm.set('/home/me/proj', { resolved: null, kind: 'missing' });
+  assert.match((await m.verifyStart('c1')) ?? '', /is now gone/);
+  f.vm.set('/home/me/proj', { resolved: '/home/me/proj', kind: 'other' });
+  assert.match((await m.verifyStart('c1')) ?? '', /not a folder or file/);
+  f.vm.delete('/home/me/proj');
+  f.fail.verify = 'reject';
+  assert.match((await m.verifyStart('c1')) ?? '', /could not check/, 'fails closed when the VM cannot say');
+  f.fail.verify = undefined;
+  f.fail.inspect = 'reject';
+  assert.equal(await m.verifyStart('gone'), undefined, 'an unknown container is dockerd\'s to answer');
 });

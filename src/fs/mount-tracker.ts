@@ -17,6 +17,8 @@ export interface MountTrackerDeps {
   /** `docker inspect` of a container (guest data, validated here). */
   inspect: (id: string) => Promise<unknown>;
   pin: (paths: string[]) => Promise<void>;
+  /** What the VM resolves each path to now (agent fs.verify: guest data, checked here). */
+  verify: (paths: string[]) => Promise<unknown>;
   unpin: (paths: string[]) => Promise<void>;
   /** The folders whose changes the file server should follow now. */
   watch: (paths: string[]) => void;
@@ -49,6 +51,38 @@ export class MountTracker {
     const timer = setTimeout(() => void this.recheck(id), this.confirmMs);
     timer.unref();
     this.unconfirmed.set(id, timer);
+  }
+
+  /**
+   * Before a container starts: its bind sources inside the shares must still be what they were
+   * when it was created, in the VM: each must resolve to itself, with no symbolic link on the
+   * way (docs/docker-proxy.md "Symbolic links in bind sources"). Returns the refusal message, or
+   * undefined to go on. An unknown container goes on (dockerd answers it).
+   */
+  async verifyStart(id: string): Promise<string | undefined> {
+    let inspect: unknown;
+    try {
+      inspect = await this.d.inspect(id);
+    } catch {
+      return undefined;
+    }
+    const sources = this.sources(inspect);
+    if (sources.length === 0) return undefined;
+    let answer: unknown;
+    try {
+      answer = await this.d.verify(sources);
+    } catch (err) {
+      return `berth: could not check this container's bind mounts in the VM (${(err as Error).message}); it is not started. Try again, or run \`berth restart\`.`;
+    }
+    const results = (answer as { results?: unknown })?.results;
+    for (const src of sources) {
+      const r = Array.isArray(results) ? (results.find((x) => (x as { path?: unknown })?.path === src) as { resolved?: unknown; kind?: unknown } | undefined) : undefined;
+      if (!r) return `berth: the VM did not say what the bind mount source ${src} is; the container is not started.`;
+      if (r.resolved === src && (r.kind === 'dir' || r.kind === 'file')) continue;
+      const now = r.kind === 'missing' ? 'gone' : typeof r.resolved === 'string' && r.resolved !== src ? `a symbolic link to ${r.resolved}` : 'not a folder or file';
+      return `berth: the bind mount source ${src} is now ${now} in the VM; when the container was created it was a folder inside a shared folder. berth does not start it, because the VM would mount what is there now. Put the folder back, or create the container again.`;
+    }
+    return undefined;
   }
 
   /** A container's inspect data changed (running, or undefined: gone). Never throws. */

@@ -9,7 +9,9 @@ import { QidMap } from './qids.js';
 import { Share, type ShareSpec } from './share.js';
 import { QTDIR, QTFILE, T } from './p9-wire.js';
 import { Msg, TestClient, errno } from '../../test/support/p9-test-client.js';
-import { ACTUATOR_UID } from '../control/actuator.js';
+import { ACTUATOR_UID_MAX, ACTUATOR_UID_MIN, isActuatorUid, randomActuatorUid } from '../control/actuator.js';
+
+const ACTUATOR_UID = randomActuatorUid();
 
 /**
  * The file server's side of change events (docs/files.md "Change events"): fids attached as the
@@ -17,7 +19,6 @@ import { ACTUATOR_UID } from '../control/actuator.js';
  * `ActuatorHooks.view`, and report their changes through `done`; every other uid's changes are
  * reported through `guestChanged` (their host events are echoes).
  */
-const TOKEN = 'secret-token';
 const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, TRUNC: 0o1000 };
 const AT_REMOVEDIR = 0x200;
 const USER = 1000;
@@ -73,7 +74,7 @@ function setup(t: TestContext, opts: { readOnly?: boolean; noActuator?: boolean 
   const changed: string[] = [];
   const session = new P9Session({
     shares: new Map([['home', share]]),
-    token: TOKEN,
+    share: 'home',
     maxMsize: 1 << 20,
     qids: new QidMap(),
     log: () => {},
@@ -85,8 +86,8 @@ function setup(t: TestContext, opts: { readOnly?: boolean; noActuator?: boolean 
   });
   const c = new TestClient(session);
   c.version();
-  const user = c.attach(`${TOKEN}:home`, USER);
-  const act = c.attach(`${TOKEN}:home`, ACTUATOR_UID);
+  const user = c.attach('home', USER);
+  const act = c.attach('home', ACTUATOR_UID);
   t.after(() => {
     session.close();
     fs.rmSync(base, { recursive: true, force: true });
@@ -113,8 +114,20 @@ function gone(p: string): GoneEntry {
   return { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: st.size, mtimeNs: st.mtimeNs };
 }
 
-test('the actuator uid is the one the agent runs the actuator as', () => {
-  assert.equal(ACTUATOR_UID, 2147483646);
+test('the actuator uid is drawn at random from a range Node can spawn, never the old fixed one', () => {
+  const seen = new Set(Array.from({ length: 50 }, () => randomActuatorUid()));
+  assert.ok(seen.size > 45, 'random');
+  for (const u of seen) assert.ok(isActuatorUid(u) && u >= ACTUATOR_UID_MIN && u <= ACTUATOR_UID_MAX && u < 2 ** 31);
+  assert.equal(isActuatorUid(0), false);
+  assert.equal(isActuatorUid(2 ** 31), false, 'Node spawns int32 uids only');
+});
+
+test('a container process with the old fixed actuator uid (2147483646) is an ordinary user: its writes are applied', (t) => {
+  const { c, dir } = setup(t);
+  const f = c.walk(c.attach('home', 2147483646), []).fid;
+  c.lcreate(f, 'written.txt', 0o1 /* O_WRONLY */, 0o644);
+  c.write(f, 0n, Buffer.from('mine'));
+  assert.equal(fs.readFileSync(path.join(dir, 'written.txt'), 'utf8'), 'mine');
 });
 
 test('actuator lcreate of a name the host already has: the real qid, nothing created; writes counted, not applied', (t) => {

@@ -32,7 +32,6 @@ import { snapshotTree, treeChanges } from '../../test/support/tree-snapshot.js';
  * swapped, once the folder above it.
  */
 const RACE_MS = Number(process.env.BERTH_RACE_MS) || 3000;
-const TOKEN = 'race';
 const SECRET = 'TOP-SECRET host key material, never to be read through a share\n';
 const O = { RDONLY: 0, WRONLY: 1, RDWR: 2 };
 const AT_REMOVEDIR = 0x200;
@@ -85,10 +84,10 @@ function startRacer(mode: RacerData['mode'], share: string, swapped: string[], o
  */
 function attack(share: string, outside: string, target: string[]): { escapes: string[]; requests: number; succeeded: Map<string, number> } {
   const s = new Share({ id: 's', path: share, readOnly: false });
-  const session = new P9Session({ shares: new Map([['s', s]]), token: TOKEN, maxMsize: 1 << 16, qids: new QidMap(), log: () => {} });
+  const session = new P9Session({ shares: new Map([['s', s]]), share: 's', maxMsize: 1 << 16, qids: new QidMap(), log: () => {} });
   const c = new TestClient(session);
   c.version(1 << 16);
-  const root = c.attach(`${TOKEN}:s`, 1000);
+  const root = c.attach('s', 1000);
   const ino = (p: string) => fs.lstatSync(p, { bigint: true }).ino;
   const secretInos = new Set([ino(path.join(outside, 'secret')), ino(path.join(outside, 'd', 'secret'))]);
   const outsideInos = new Set([outside, path.join(outside, 'd')].flatMap((d) => fs.readdirSync(d).map((n) => ino(path.join(d, n)))));

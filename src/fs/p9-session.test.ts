@@ -18,11 +18,10 @@ import { snapshotTree, treeChanges } from '../../test/support/tree-snapshot.js';
  * "..", symlinks in the middle or at the end, symlinks swapped in after a walk, names with "/" or
  * NUL, device nodes and FIFOs, set-uid bits, read-only shares, hostile bytes).
  */
-const TOKEN = 'secret-token';
 const O = { RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, TRUNC: 0o1000, DIRECTORY: 0o200000 };
 const AT_REMOVEDIR = 0x200;
 
-function setup(t: TestContext, opts: { readOnly?: boolean; budget?: FidBudget } = {}): { dir: string; outside: string; c: TestClient; root: number; session: P9Session } {
+function setup(t: TestContext, opts: { readOnly?: boolean; budget?: FidBudget; openFiles?: { session: number; total: number } } = {}): { dir: string; outside: string; c: TestClient; root: number; session: P9Session } {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-9p-'));
   const dir = path.join(base, 'share');
   const outside = path.join(base, 'outside');
@@ -34,10 +33,10 @@ function setup(t: TestContext, opts: { readOnly?: boolean; budget?: FidBudget } 
   fs.writeFileSync(path.join(dir, 'sub', 'a.txt'), 'a');
   const share = new Share({ id: 'home', path: dir, readOnly: opts.readOnly ?? false });
   const fidLimits = opts.budget ? { maxFids: MAX_FIDS, budget: opts.budget } : undefined;
-  const session = new P9Session({ shares: new Map([['home', share]]), token: TOKEN, maxMsize: 1 << 20, qids: new QidMap(), log: () => {}, fidLimits });
+  const session = new P9Session({ shares: new Map([['home', share]]), share: 'home', maxMsize: 1 << 20, qids: new QidMap(), log: () => {}, fidLimits, ...(opts.openFiles ? { openFileLimits: opts.openFiles } : {}) });
   const c = new TestClient(session);
   c.version();
-  const root = c.attach(`${TOKEN}:home`, 1000);
+  const root = c.attach('home', 1000);
   t.after(() => {
     session.close();
     share.close();
@@ -47,17 +46,18 @@ function setup(t: TestContext, opts: { readOnly?: boolean; budget?: FidBudget } 
 }
 
 test('version: msize is capped at the server maximum; an unknown version is answered "unknown"', () => {
-  const s = new P9Session({ shares: new Map(), token: TOKEN, maxMsize: 512 * 1024, qids: new QidMap(), log: () => {} });
+  const s = new P9Session({ shares: new Map(), share: 'home', maxMsize: 512 * 1024, qids: new QidMap(), log: () => {} });
   const c = new TestClient(s);
   assert.deepEqual(c.version(8 << 20), { msize: 512 * 1024, version: '9P2000.L' });
   assert.equal(c.version(65536, '9P2000.u').version, 'unknown');
 });
 
-test('attach needs the token and names a share', (t) => {
+test('attach names the share the connection was opened for, and only that one', (t) => {
   const { c } = setup(t);
   assert.equal(errno(() => c.attach('wrong:home')), E.EACCES);
-  assert.equal(errno(() => c.attach('home')), E.EACCES);
-  assert.equal(errno(() => c.attach(`${TOKEN}:nope`)), E.ENOENT);
+  assert.equal(errno(() => c.attach('secret-token:home')), E.EACCES, 'the old token form');
+  assert.equal(errno(() => c.attach('other')), E.EACCES);
+  assert.equal(typeof c.attach('home'), 'number');
 });
 
 test('walk and getattr: qids are the host (dev, ino); owners as on the host; shared modes writable for all, private ones kept', (t) => {
@@ -424,7 +424,7 @@ test(`fids are bounded: the ${MAX_FIDS}th fid and beyond get EMFILE, the session
   assert.equal(session.fidCount, MAX_FIDS);
   assert.equal(errno(() => c.walk(root, [])), E.EMFILE);
   assert.equal(errno(() => c.walk(root, ['sub'])), E.EMFILE);
-  assert.equal(errno(() => c.attach(`${TOKEN}:home`)), E.EMFILE);
+  assert.equal(errno(() => c.attach('home')), E.EMFILE);
   // Walking a fid onto itself makes no new one.
   assert.equal(c.walk(deep, [], deep).fid, deep);
   assert.equal(c.getattr(deep).size, 1n, 'the session keeps answering');
@@ -498,4 +498,20 @@ test('statfs, fsync, lock and getlock answer; xattrs are absent (ENODATA) and ca
   assert.equal(c.rpc(T.lock, new Msg().u32(f).u8(1).u32(0).u64(0).u64(0).u32(1).str('guest')).body[0], 0);
   assert.equal(errno(() => c.rpc(T.xattrwalk, new Msg().u32(f).u32(999).str('user.x'))), E.ENODATA);
   assert.equal(errno(() => c.rpc(T.xattrcreate, new Msg().u32(f).str('user.x').u64(1).u32(0))), E.EOPNOTSUPP);
+});
+
+test('open files are bounded per session: beyond, EMFILE and no host descriptor; a clunk makes room; the session answers on', (t) => {
+  const { c, root } = setup(t, { openFiles: { session: 3, total: 100 } });
+  const open = () => {
+    const f = c.walk(root, ['hello.txt']).fid;
+    c.lopen(f, 0);
+    return f;
+  };
+  const held = [open(), open(), open()];
+  const extra = c.walk(root, ['hello.txt']).fid;
+  assert.equal(errno(() => c.lopen(extra, 0)), E.EMFILE);
+  assert.equal(errno(() => c.lcreate(c.walk(root, []).fid, 'new.txt', 1, 0o644)), E.EMFILE, 'a create is refused too, before anything is made');
+  c.clunk(held[0]!);
+  c.lopen(extra, 0);
+  assert.equal(c.read(extra, 0, 5).toString(), 'hello');
 });

@@ -1,5 +1,4 @@
 import fs, { constants as C, type BigIntStats } from 'node:fs';
-import { timingSafeEqual } from 'node:crypto';
 import { E, errnoOf, P9Error } from './errno.js';
 import { QidMap } from './qids.js';
 import { at, checkName, held, listFolder, O_PATH, type Share } from './share.js';
@@ -23,8 +22,11 @@ import { direntSize, IOHDRSZ, MAXWELEM, NOFID, parseRequest, ReplyWriter, rempty
 
 export interface SessionOptions {
   shares: ReadonlyMap<string, Share>;
-  /** Every attach must present this token (aname "<token>:<share id>"). */
-  token: string;
+  /**
+   * The share this connection was opened for: its ticket named it (p9-server.ts). Every attach
+   * must name it (aname "<share id>").
+   */
+  share: string;
   /** Largest msize the server accepts. */
   maxMsize: number;
   qids: QidMap;
@@ -33,6 +35,8 @@ export interface SessionOptions {
   actuator?: ActuatorHooks;
   /** Called after the guest (not the actuator) changed a path: its host events are echoes. */
   guestChanged?: (share: Share, comps: readonly string[]) => void;
+  /** Bounds on open files (tests); by default MAX_OPEN_FILES and MAX_OPEN_FILES_TOTAL. */
+  openFileLimits?: { session: number; total: number };
   /** Bounds on fids (tests); by default MAX_FIDS per session and the thread's FID_MEMORY. */
   fidLimits?: { maxFids: number; budget: FidBudget };
 }
@@ -115,6 +119,15 @@ export class FidBudget {
 
 /** The budget every session of this thread (the file server's worker) shares unless told otherwise. */
 const threadBudget = new FidBudget(FID_MEMORY);
+
+/**
+ * Files held open for the guest: each is a descriptor of the daemon's process, which the
+ * network translator shares, so they are bounded per session and for the thread; beyond, an
+ * open or create is refused with EMFILE or ENFILE and the session goes on.
+ */
+export const MAX_OPEN_FILES = 8192;
+export const MAX_OPEN_FILES_TOTAL = 12_288;
+let openFilesTotal = 0;
 
 /**
  * The change-event actuator (docs/files.md "Change events"): a guest process whose uid marks its
@@ -210,6 +223,8 @@ const L = { WRONLY: 0o1, RDWR: 0o2, CREAT: 0o100, EXCL: 0o200, TRUNC: 0o1000, AP
 export class P9Session {
   private msize: number;
   private readonly fids = new Map<number, Fid>();
+  /** Files this session holds open (fids with a host descriptor). */
+  private openFiles = 0;
   private readonly serverUid = process.getuid?.() ?? 0;
   private readonly maxFids: number;
   private readonly budget: FidBudget;
@@ -352,15 +367,11 @@ export class P9Session {
 
   private attach(r: Extract<Request, { type: T.attach }>): Buffer {
     if (r.afid !== NOFID) throw new P9Error(E.EINVAL, 'attach with an auth fid');
-    const sep = r.aname.lastIndexOf(':');
-    const token = sep >= 0 ? r.aname.slice(0, sep) : '';
-    const share = this.o.shares.get(sep >= 0 ? r.aname.slice(sep + 1) : '');
-    const a = Buffer.from(token);
-    const b = Buffer.from(this.o.token);
-    if (a.length !== b.length || !timingSafeEqual(a, b)) {
-      this.o.log('warn', '9p: attach with a wrong token refused', { uid: r.nUname });
-      throw new P9Error(E.EACCES, 'bad token');
+    if (r.aname !== this.o.share) {
+      this.o.log('warn', '9p: attach to another share than the connection was opened for refused', { uid: r.nUname });
+      throw new P9Error(E.EACCES, 'this connection was opened for another share');
     }
+    const share = this.o.shares.get(r.aname);
     if (!share) throw new P9Error(E.ENOENT, 'no such share');
     if (this.fids.has(r.fid)) throw new P9Error(E.EBADF, 'fid in use');
     const uid = r.nUname === NOFID ? 0 : r.nUname;
@@ -414,8 +425,23 @@ export class P9Session {
         // already closed
       }
       f.fd = undefined;
+      this.openFiles--;
+      openFilesTotal--;
     }
     f.dir = undefined;
+  }
+
+  /** Refuses an open beyond the bounds on open files (before the host open is made). */
+  private mayOpen(): void {
+    const max = this.o.openFileLimits ?? { session: MAX_OPEN_FILES, total: MAX_OPEN_FILES_TOTAL };
+    if (this.openFiles >= max.session) throw new P9Error(E.EMFILE, `more than ${max.session} files open on one mount`);
+    if (openFilesTotal >= max.total) throw new P9Error(E.ENFILE, `more than ${max.total} files open in the file server`);
+  }
+
+  private held(f: Fid, fd: number): void {
+    f.fd = fd;
+    this.openFiles++;
+    openFilesTotal++;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -591,12 +617,13 @@ export class P9Session {
     }
     // Opened in its folder's handle without following a symlink or waiting on a FIFO; a folder is
     // opened read-only (with write flags the open fails: EISDIR) and listed at Treaddir.
+    this.mayOpen();
     const { fd, st } = f.share.withParent(f.comps, (dirFd, name) => openExisting(at(dirFd, name), hostOpenFlags(flags)));
     if (st.isDirectory()) {
       fs.closeSync(fd);
       f.dir = { entries: [] };
     } else {
-      f.fd = fd;
+      this.held(f, fd);
       f.writable = wantsWrite;
     }
     return new ReplyWriter(24).qid(this.o.qids.qid(st)).u32(0).finish(T.lopen + 1, tag);
@@ -617,6 +644,7 @@ export class P9Session {
       return new ReplyWriter(24).qid(qid).u32(0).finish(T.lcreate + 1, r.tag);
     }
     // The fid's longer name is charged first: over the budget, nothing is created.
+    this.mayOpen();
     this.setComps(f, comps);
     let fd: number;
     try {
@@ -625,7 +653,7 @@ export class P9Session {
       this.setComps(f, dir, true);
       throw err;
     }
-    f.fd = fd;
+    this.held(f, fd);
     f.writable = true;
     this.changed(f.share, comps);
     return new ReplyWriter(24).qid(this.o.qids.qid(fs.fstatSync(fd, { bigint: true }))).u32(0).finish(T.lcreate + 1, r.tag);

@@ -4,11 +4,13 @@ import type { Logger } from './log.js';
 /**
  * A worker thread the daemon keeps alive (the network translator, the file server): started with a
  * heap limit, so a crash or an out-of-memory ends only the worker; restarted after it dies, with a
- * growing back-off; given up on after MAX_RESTARTS within RESTART_WINDOW_MS, so a worker that dies
- * at once does not spin. `stop()` asks it to finish ({type: 'stop'}) and terminates it after 2 s.
+ * growing back-off, and after MAX_RESTARTS within RESTART_WINDOW_MS every SLOW_RETRY_MS, so a
+ * worker that dies at once does not spin and one that recovers is back. `stop()` asks it to finish ({type: 'stop'}) and terminates it after 2 s.
  */
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 60_000;
+/** After MAX_RESTARTS within the window, the pause before each further try. */
+const SLOW_RETRY_MS = 30_000;
 const STOP_GRACE_MS = 2000;
 
 export interface SupervisedWorkerOptions<Out> {
@@ -101,18 +103,18 @@ export class SupervisedWorker<In extends { type: string }, Out> {
   private restartLater(): void {
     const now = Date.now();
     this.restartTimes = this.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
-    if (this.restartTimes.length >= MAX_RESTARTS) {
-      this.log.error(`${this.o.name} keeps failing; not restarting it (run \`berth restart\`)`, { last: this.failure });
-      return;
-    }
-    this.restartTimes.push(now);
-    const delay = (this.o.backoffMs ?? 250) * 2 ** (this.restartTimes.length - 1);
-    this.log.warn(`restarting the ${this.o.name}`, { delayMs: delay, why: this.failure });
+    // A worker that keeps dying is tried again, slowly: what it serves (every share, the whole
+    // network) must not stay gone until the user notices, and a slow retry cannot spin.
+    const failing = this.restartTimes.length >= MAX_RESTARTS;
+    if (!failing) this.restartTimes.push(now);
+    const delay = failing ? SLOW_RETRY_MS : (this.o.backoffMs ?? 250) * 2 ** (this.restartTimes.length - 1);
+    if (failing) this.log.error(`${this.o.name} keeps failing; trying again in ${SLOW_RETRY_MS / 1000} s`, { last: this.failure });
+    else this.log.warn(`restarting the ${this.o.name}`, { delayMs: delay, why: this.failure });
     setTimeout(() => {
       if (!this.stopping && !this.worker) {
         this.restartCount++;
         this.spawn();
       }
-    }, delay);
+    }, delay).unref();
   }
 }

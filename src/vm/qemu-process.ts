@@ -91,7 +91,10 @@ export class QemuProcess extends EventEmitter {
       proc.markExited(early);
     } else {
       child.on('exit', (code, signal) => proc.markExited({ code, signal, adopted: false }));
-      qmp.on('close', () => proc.watchPidGone());
+      // The child's own exit event names the signal; polling the pid at once would win the race
+      // against it (a dead child is a zombie until Node reaps it) and lose the signal. The poll
+      // is only a fallback here.
+      qmp.on('close', () => setTimeout(() => proc.watchPidGone(), 2000).unref());
     }
     return proc;
   }

@@ -42,11 +42,10 @@ if (d.mode === 'host') {
   fs.symlinkSync(d.outside, path.join(dir, link));
   rename = (from, to) => fs.renameSync(path.join(dir, from), path.join(dir, to));
 } else {
-  const token = 'racer';
-  const session = new P9Session({ shares: new Map([['s', new Share({ id: 's', path: d.share, readOnly: false })]]), token, maxMsize: 1 << 16, qids: new QidMap(), log: () => {} });
+  const session = new P9Session({ shares: new Map([['s', new Share({ id: 's', path: d.share, readOnly: false })]]), share: 's', maxMsize: 1 << 16, qids: new QidMap(), log: () => {} });
   const c = new TestClient(session);
   c.version(1 << 16);
-  const dir = c.walk(c.attach(`${token}:s`, 1000), d.dir).fid;
+  const dir = c.walk(c.attach('s', 1000), d.dir).fid;
   c.symlink(dir, link, d.outside);
   rename = (from, to) => c.renameat(dir, from, dir, to);
 }
