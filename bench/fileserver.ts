@@ -33,7 +33,6 @@ import { median, type BenchResult, type Row } from './report.js';
  * the server's files (or MiB) per second over the anchor's: the share of plain system-call speed
  * the server keeps.
  */
-const TOKEN = 'bench';
 const MSIZE = 1024 * 1024;
 const TOP = 20;
 const MID = 10;

@@ -4,10 +4,11 @@ import { benchStart } from './start.js';
 import { benchNet } from './net.js';
 import { benchFiles } from './files.js';
 import { benchFileserver } from './fileserver.js';
+import { benchProxy } from './proxy.js';
 import { toMarkdown, toText, type BenchResult } from './report.js';
 
 /**
- * `npm run bench [-- --runs N] [--only start,net,files,fileserver] [--update-docs]`: runs every benchmark with
+ * `npm run bench [-- --runs N] [--only start,net,files,fileserver,proxy] [--update-docs]`: runs every benchmark with
  * its anchor measured in the same run, prints the results, and with --update-docs writes the
  * markdown tables into docs/performance.md between the bench markers (only with all benchmarks run).
  */
@@ -21,6 +22,7 @@ if (want('start')) results.push(await benchStart(runs));
 if (want('net')) results.push(await benchNet(Math.min(runs, 3)));
 if (want('files')) results.push(await benchFiles(Math.min(runs, 3)));
 if (want('fileserver')) results.push(await benchFileserver(runs));
+if (want('proxy')) results.push(await benchProxy(runs));
 
 const when = new Date().toISOString().slice(0, 10);
 const md = [`_Measured ${when} by \`npm run bench\` (runs: ${runs}); medians._`, '', ...results.map(toMarkdown)].join('\n\n');

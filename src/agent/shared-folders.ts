@@ -219,11 +219,17 @@ export class SharedFolders {
    * stale), so a host that swaps the folder for a link after this check does not change what is
    * mounted.
    */
-  verify(p: string): { path: string; resolved: string | null; kind: 'dir' | 'file' | 'other' | 'missing' } {
+  verify(p: string): { path: string; resolved: string | null; kind: 'dir' | 'file' | 'other' | 'symlink' | 'missing' } {
     let fd: number;
     try {
       fd = fs.openSync(p, O_PATH);
     } catch {
+      // A link to nothing in the VM (a host path outside the shares) is still a link.
+      try {
+        if (fs.lstatSync(p).isSymbolicLink()) return { path: p, resolved: fs.readlinkSync(p), kind: 'symlink' };
+      } catch {
+        // gone
+      }
       return { path: p, resolved: null, kind: 'missing' };
     }
     try {

@@ -35,7 +35,7 @@ type Reply = (sock: net.Socket, req: Received, engine: Engine) => void;
 const OK = 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function setup(t: TestContext, reply: Reply = (s) => s.write(OK), opts: { beforeRun?: BeforeRun; limits?: Partial<Limits> } = {}) {
+async function setup(t: TestContext, reply: Reply = (s) => s.write(OK), opts: { beforeRun?: BeforeRun; limits?: Partial<Limits>; openDelayMs?: number } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-proxy-'));
   const enginePath = path.join(dir, 'engine.sock');
   const proxyPath = path.join(dir, 'docker.sock');
@@ -73,7 +73,10 @@ async function setup(t: TestContext, reply: Reply = (s) => s.write(OK), opts: { 
   await new Promise<void>((r) => srv.listen(enginePath, () => r()));
   const proxy = new DockerProxy({
     socketPath: proxyPath,
-    open: async () => net.connect({ path: enginePath, allowHalfOpen: true }),
+    open: async () => {
+      if (opts.openDelayMs) await sleep(opts.openDelayMs);
+      return net.connect({ path: enginePath, allowHalfOpen: true });
+    },
     log: silentLogger,
     policy: () => ({ shares: [{ path: '/home/me', readOnly: false }], vmPaths: DEFAULT_VM_PATHS, host: { kind: (p) => (p.startsWith('/home/me') ? 'dir' : 'missing'), readlink: () => '', exists: () => false } }),
     ...(opts.beforeRun ? { beforeRun: opts.beforeRun } : {}),
@@ -332,4 +335,22 @@ test('a plugin archive streams to the engine; a refused one never arrives whole 
   assert.match(res, /^HTTP\/1\.1 400[\s\S]*\/etc/);
   await sleep(100);
   assert.equal(engine.requests.length, 1, 'the refused archive never completed at the engine');
+});
+
+test('a client that leaves while its stream to the VM is still being opened is let go of at once; one that half-closes after a whole request is answered', async (t) => {
+  const { connect, proxy, engine } = await setup(t, undefined, { openDelayMs: 1000 });
+  const gone: net.Socket[] = [];
+  for (let i = 0; i < 20; i++) {
+    const c = await connect();
+    c.write('POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: 100\r\n\r\n{"Im');
+    c.end();
+    gone.push(c);
+  }
+  await sleep(300);
+  assert.equal(proxy.connectionCount, 0, 'the abandoned connections were freed before their streams opened');
+  const polite = await connect();
+  polite.end(request('GET', '/_ping'));
+  assert.match(await ended(polite), /\{\}$/);
+  await sleep(1200);
+  assert.deepEqual(engine.requests.map((r) => r.target), ['/_ping'], 'only the whole request reached the engine');
 });

@@ -131,6 +131,7 @@ export class DockerProxy {
     client.once('close', () => this.conns.delete(conn));
     this.o.open().then(
       (engine) => {
+        // A client that left while its stream was being opened (abandoned it) is gone already.
         if (client.destroyed) {
           engine.destroy();
           return;
@@ -192,10 +193,31 @@ class ClientConnection {
   private waitingClientDrain = false;
   private heldBytes = 0;
 
+  /** What the client sent before its engine stream was open. */
+  private early: Buffer[] = [];
+  private earlySize = 0;
+
+  /**
+   * The client is read at once, before its engine stream is open (that takes a round trip to
+   * the VM), so a client that leaves in the middle of a request is let go of at once too.
+   */
   constructor(
     private readonly proxy: DockerProxy,
     private readonly client: net.Socket,
-  ) {}
+  ) {
+    client.on('data', (d: Buffer) => {
+      if (this.engine) return this.fromClient(d);
+      this.early.push(d);
+      this.earlySize += d.length;
+      if (this.earlySize > MAX_HELD) client.pause();
+    });
+    client.on('end', () => {
+      if (this.engine) return this.onClientEnd();
+      this.clientEnded = true;
+      if (!endsAtRequestBoundary(Buffer.concat(this.early))) client.destroy();
+    });
+    client.resume();
+  }
 
   private get log(): Logger {
     return this.proxy.o.log;
@@ -213,14 +235,16 @@ class ClientConnection {
     engine.on('close', () => {
       if (!this.engineEnded) client.destroy();
     });
-    client.on('data', (d: Buffer) => this.fromClient(d));
-    client.on('end', () => this.onClientEnd());
     client.on('close', () => {
       this.release();
       if (!engine.destroyed) engine.destroy();
     });
     this.armHeadTimer();
-    client.resume();
+    const early = Buffer.concat(this.early);
+    this.early = [];
+    if (early.length) this.fromClient(early);
+    if (this.clientEnded) this.onClientEnd();
+    if (!this.waitingEngineDrain && this.up !== 'held' && this.up !== 'await-response') client.resume();
   }
 
   destroy(): void {
@@ -288,8 +312,10 @@ class ClientConnection {
     const mayHijack = (match?.route.hijack ?? false) || upgrade;
     this.req = { head, match, canonical: formatTarget(path, t.target.query), mayHijack };
     const decide = kind === 'none' || kind === 'stream' || kind === 'plugin-archive' ? undefined : decideJsonBody(kind);
+    // dockerd never sees Expect (the proxy reads every body first), so the proxy answers it,
+    // unless an earlier response is still on its way (the interim answer would cut into it).
+    if (framing.kind !== 'none' && this.pending.length === 0 && /100-continue/i.test(single(head.headers, 'expect') ?? '')) this.client.write('HTTP/1.1 100 Continue\r\n\r\n');
     if (decide) {
-      if (/100-continue/i.test(single(head.headers, 'expect') ?? '')) this.client.write('HTTP/1.1 100 Continue\r\n\r\n');
       this.plan = { kind: 'decide', decide, parts: [], size: 0 };
     } else if (kind === 'stream' || kind === 'plugin-archive') {
       if (framing.kind === 'none') {
@@ -393,8 +419,10 @@ class ClientConnection {
       .decide({ body, match: req.match!, policy: this.proxy.o.policy(), open: this.proxy.o.open })
       .catch((err: Error): BodyDecision => ({ ok: false, status: 500, message: `berth: could not check the request: ${err.message}` }))
       .then((d) => {
-        this.proxy.buffered -= plan.size;
-        this.heldBytes -= plan.size;
+        // What a refusal meanwhile (the client left) has not already given back.
+        const freed = Math.min(this.heldBytes, plan.size);
+        this.proxy.buffered -= freed;
+        this.heldBytes -= freed;
         if (this.up !== 'held') return;
         if (!d.ok) {
           if (d.status === 400) this.log.warn('docker request refused', { request: `${req.head.method} ${req.canonical}`, why: d.message });
@@ -580,6 +608,16 @@ class ClientConnection {
 
   private fromEngine(d: Buffer): void {
     if (this.down === 'raw') return this.toClient(d);
+    // A response's head and body usually come in one chunk: one write to the client for both.
+    this.client.cork();
+    try {
+      this.parseEngine(d);
+    } finally {
+      this.client.uncork();
+    }
+  }
+
+  private parseEngine(d: Buffer): void {
     this.downBuf = this.downBuf.length ? Buffer.concat([this.downBuf, d]) : d;
     while (this.downBuf.length > 0) {
       if (this.down === 'body') {
@@ -667,6 +705,22 @@ class ClientConnection {
     // Whatever the client still sends is dropped; the stream closes once both FINs are through.
     this.client.resume();
   }
+}
+
+/** Whether `buf` holds whole requests only (a client that half-closed after them is still waiting). */
+function endsAtRequestBoundary(buf: Buffer): boolean {
+  let rest = buf;
+  while (rest.length > 0) {
+    const h = parseRequestHead(rest);
+    if (h.kind !== 'head') return false;
+    const framing = requestFraming(h.head);
+    if (framing.kind === 'error') return false;
+    const reader = new BodyReader(framing, () => {});
+    const n = reader.push(rest.subarray(h.used));
+    if (!reader.done || reader.error) return false;
+    rest = rest.subarray(h.used + n);
+  }
+  return true;
 }
 
 /** What a request runs, from its route: container start or restart, exec start. */

@@ -280,6 +280,8 @@ test('verifyStart: a bind source that the VM now resolves through a symbolic lin
   assert.deepEqual(f.calls.filter((c) => c.startsWith('verify')), ['verify /home/me/proj'], 'only bind sources inside shares are checked');
   f.vm.set('/home/me/proj', { resolved: '/etc', kind: 'dir' });
   assert.match((await m.verifyStart('c1')) ?? '', /\/home\/me\/proj is now a symbolic link to \/etc/);
+  f.vm.set('/home/me/proj', { resolved: '/host/only/path', kind: 'symlink' });
+  assert.match((await m.verifyStart('c1')) ?? '', /is now a symbolic link to \/host\/only\/path/, 'a link to nothing in the VM');
   f.vm.set('/home/me/proj', { resolved: null, kind: 'missing' });
   assert.match((await m.verifyStart('c1')) ?? '', /is now gone/);
   f.vm.set('/home/me/proj', { resolved: '/home/me/proj', kind: 'other' });

@@ -79,7 +79,8 @@ export class MountTracker {
       const r = Array.isArray(results) ? (results.find((x) => (x as { path?: unknown })?.path === src) as { resolved?: unknown; kind?: unknown } | undefined) : undefined;
       if (!r) return `berth: the VM did not say what the bind mount source ${src} is; the container is not started.`;
       if (r.resolved === src && (r.kind === 'dir' || r.kind === 'file')) continue;
-      const now = r.kind === 'missing' ? 'gone' : typeof r.resolved === 'string' && r.resolved !== src ? `a symbolic link to ${r.resolved}` : 'not a folder or file';
+      const link = r.kind === 'symlink' || (typeof r.resolved === 'string' && r.resolved !== src);
+      const now = link ? `a symbolic link to ${String(r.resolved)}` : r.kind === 'missing' ? 'gone' : 'not a folder or file';
       return `berth: the bind mount source ${src} is now ${now} in the VM; when the container was created it was a folder inside a shared folder. berth does not start it, because the VM would mount what is there now. Put the folder back, or create the container again.`;
     }
     return undefined;
