@@ -87,7 +87,7 @@ export class FileService {
         onMessage: (m) => {
           if (m.type === 'ready') this.ready?.();
           else if (m.type === 'act') this.onAct(m.id, m.req);
-          else if (m.type === 'drained') this.draining.get(m.id)?.();
+          else if (m.type === 'drained' || m.type === 'rooted') this.draining.get(m.id)?.();
           else workerLog(log, m.level, m.msg, m.fields);
         },
         onStart: () => {
@@ -143,10 +143,25 @@ export class FileService {
     this.worker.send({ type: 'revoke-tickets' });
   }
 
-  /** The folders whose host changes are replayed in the guest (bind-mount sources in shares). */
-  watch(guestPaths: string[]): void {
+  /**
+   * The folders whose host changes are replayed in the guest (bind-mount sources in shares).
+   * Resolves once the file server watches them (its snapshot taken, its watches placed), so a
+   * container that starts after it misses no change made after its start; or after `timeoutMs`,
+   * or at once when the file server is not running.
+   */
+  watch(guestPaths: string[], timeoutMs = 10_000): Promise<void> {
     this.roots = guestPaths;
-    this.worker.send({ type: 'roots', paths: guestPaths });
+    return new Promise((resolve) => {
+      const id = this.nextDrain++;
+      const done = () => {
+        clearTimeout(timer);
+        this.draining.delete(id);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.draining.set(id, done);
+      if (!this.worker.send({ type: 'roots', paths: guestPaths, id })) done();
+    });
   }
 
   /**

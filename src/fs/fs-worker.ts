@@ -23,7 +23,7 @@ export interface FsWorkerConfig {
 
 /** Daemon → worker. */
 export type ToFsWorker =
-  | { type: 'roots'; paths: string[] }
+  | { type: 'roots'; paths: string[]; id?: number }
   | { type: 'acted'; id: number; error?: string }
   | { type: 'drain'; id: number }
   | { type: 'tickets'; tickets: Ticket[] }
@@ -35,6 +35,8 @@ export type FsWorkerMessage =
   | { type: 'ready' }
   | { type: 'act'; id: number; req: ActRequest }
   | { type: 'drained'; id: number }
+  /** The roots of a 'roots' message are watched now. */
+  | { type: 'rooted'; id: number }
   | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> };
 
 const cfg = workerData as FsWorkerConfig;
@@ -71,6 +73,7 @@ port.on('message', (m: ToFsWorker) => {
   switch (m.type) {
     case 'roots':
       events.setRoots(m.paths);
+      if (m.id !== undefined) post({ type: 'rooted', id: m.id });
       break;
     case 'acted':
       acting.get(m.id)?.(m.error);

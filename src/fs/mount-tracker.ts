@@ -20,8 +20,8 @@ export interface MountTrackerDeps {
   /** What the VM resolves each path to now (agent fs.verify: guest data, checked here). */
   verify: (paths: string[]) => Promise<unknown>;
   unpin: (paths: string[]) => Promise<void>;
-  /** The folders whose changes the file server should follow now. */
-  watch: (paths: string[]) => void;
+  /** The folders whose changes the file server should follow now; resolves once it does. */
+  watch: (paths: string[]) => void | Promise<void>;
 }
 
 /** A prepared container not seen running by then is checked again (its start may have failed). */
@@ -131,7 +131,7 @@ export class MountTracker {
     } catch (err) {
       this.log.debug('unpinning shared folders in the VM failed', { err: (err as Error).message });
     }
-    this.d.watch(after);
+    await this.d.watch(after);
   }
 
   /** Every followed folder. */
