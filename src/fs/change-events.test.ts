@@ -380,6 +380,28 @@ test('more host changes in a burst than the replays follow: the first are replay
   assert.deepEqual(named, [0, 1, 2, 3, 4, 5, 6, 7].map((i) => s.g('flat', `f${i}`)).sort());
 });
 
+test('a burst lasts while the host keeps changing (30 ms apart), not a fixed 50 ms from its first change: one burst, over the limit', async (t) => {
+  const s = await setup(
+    t,
+    (w) => {
+      fs.mkdirSync(path.join(w, 'slow'));
+      for (let i = 0; i < 8; i++) fs.writeFileSync(path.join(w, 'slow', `f${i}`), 'x');
+    },
+    { maxActsPerBurst: 5 },
+  );
+  // A loaded machine: the removals of one `rm` come 30 ms apart.
+  for (let i = 0; i < 8; i++) {
+    fs.rmSync(s.h('slow', `f${i}`));
+    await sleep(30);
+  }
+  const reqs = await requests(s, 8);
+  assert.deepEqual(
+    reqs.map((r) => r.op),
+    ['delete', 'delete', 'delete', 'delete', 'delete', 'unpin', 'unpin', 'unpin'],
+    'one burst of eight: five replayed, three let go of',
+  );
+});
+
 test('unpin covers what is under a folder the host removed beyond the replays', async (t) => {
   const s = await setup(
     t,

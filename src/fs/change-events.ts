@@ -24,6 +24,8 @@ import { TreeWatcher } from './tree-watcher.js';
  */
 /** Collects a burst of host events before acting (a save often touches a file several times). */
 const WINDOW_MS = 50;
+/** A burst that keeps going is cut after this long. */
+const MAX_BURST_MS = 1000;
 /** A path the guest itself changed this recently: its host events are echoes of that change. */
 const ECHO_MS = 2000;
 /** Entries a snapshot keeps per watched folder, and requests one burst may cause. */
@@ -64,6 +66,7 @@ export class ChangeEvents {
   /** Entries that vanished in the burst being replayed (folders above a replayed delete). */
   private burstGone = new Map<string, Entry>();
   private timer: NodeJS.Timeout | undefined;
+  private burstStart = 0;
   private busy: Promise<void> = Promise.resolve();
 
   constructor(
@@ -201,9 +204,17 @@ export class ChangeEvents {
     }
   }
 
+  /**
+   * A burst ends once the host has been quiet for WINDOW_MS, or MAX_BURST_MS after it began: a
+   * fixed window from the first event cut a loaded machine's `rm` of 600 files into bursts
+   * smaller than the replay limit, each replayed in full.
+   */
   private touch(share: Share, rel: string[]): void {
     this.dirty.set(key(share, rel), { share, rel });
-    this.timer ??= setTimeout(() => {
+    if (this.timer === undefined) this.burstStart = Date.now();
+    else if (Date.now() - this.burstStart < MAX_BURST_MS) clearTimeout(this.timer);
+    else return;
+    this.timer = setTimeout(() => {
       this.timer = undefined;
       this.cutBurst();
     }, WINDOW_MS);
