@@ -630,7 +630,8 @@ export class VmController extends EventEmitter {
       socketPath: settings.dockerSocket ?? this.paths.defaultDockerSocket,
       open: () => session.openDocker(),
       log: this.log.child('docker-proxy'),
-      policy: () => policy,
+      // The shares the VM could not mount change when the file server restarts and they are mounted again.
+      policy: () => ({ ...policy, unavailable: this.running?.unavailable ?? unavailable }),
       beforeRun: async (run) => {
         if (run.kind === 'start') {
           const refusal = await this.running?.mounts?.verifyStart(run.id);
