@@ -634,12 +634,11 @@ export class VmController extends EventEmitter {
       policy: () => ({ ...policy, unavailable: this.running?.unavailable ?? unavailable }),
       beforeRun: async (run) => {
         if (run.kind === 'start') {
-          const refusal = await this.running?.mounts?.verifyStart(run.id);
+          const refusal = await this.running?.mounts?.beforeStart(run.id);
           if (refusal) {
             this.log.warn('container start refused: a bind source changed since the container was created', { id: run.id, why: refusal });
             return { refuse: refusal };
           }
-          await this.running?.mounts?.prepare(run.id);
         }
         // A cached share shows a host change only once it is replayed in the guest (docs/files.md
         // "Caching"): what starts now must not read what was there before the change.

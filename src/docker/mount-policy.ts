@@ -339,18 +339,14 @@ function mountPrivilege(p: string, where: string, policy: MountPolicy): Decision
 }
 
 export function checkPrivileges(privileges: readonly (Privilege | undefined)[], policy: MountPolicy): Decision {
-  for (const [i, p] of privileges.entries()) {
-    if (!p) continue;
-    const d = checkPrivilege(p.Name ?? '', p.Value ?? [], `[${i}]`, policy);
-    if (!d.ok) return d;
-  }
-  return OK;
+  return checkPrivilegeList(privileges.map((p) => p && ([p.Name, p.Value] as const)), '', policy);
 }
 
-function checkRuntimePrivileges(privileges: readonly (RuntimePrivilege | undefined)[], where: string, policy: MountPolicy): Decision {
-  for (const [i, p] of privileges.entries()) {
+/** Privileges as (name, values): the API's and swarm's runtime spelling alike. */
+function checkPrivilegeList(list: readonly (readonly [string | undefined, readonly (string | undefined)[] | undefined] | undefined)[], where: string, policy: MountPolicy): Decision {
+  for (const [i, p] of list.entries()) {
     if (!p) continue;
-    const d = checkPrivilege(p.name ?? '', p.value ?? [], `${where}[${i}]`, policy);
+    const d = checkPrivilege(p[0] ?? '', p[1] ?? [], `${where}[${i}]`, policy);
     if (!d.ok) return d;
   }
   return OK;
@@ -361,7 +357,8 @@ export function checkServiceSpec(body: ServiceSpec, policy: MountPolicy): Decisi
   const tt = body.TaskTemplate;
   const d = checkMounts(tt?.ContainerSpec?.Mounts, 'TaskTemplate.ContainerSpec.Mounts', policy, true);
   if (!d.ok) return d;
-  return checkRuntimePrivileges(tt?.PluginSpec?.privileges ?? [], 'TaskTemplate.PluginSpec.privileges', policy);
+  const runtime = (tt?.PluginSpec?.privileges ?? []).map((p: RuntimePrivilege | undefined) => p && ([p.name, p.value] as const));
+  return checkPrivilegeList(runtime, 'TaskTemplate.PluginSpec.privileges', policy);
 }
 
 /** The config.json of a plugin archive (POST /plugins/create). */

@@ -293,3 +293,16 @@ test('verifyStart: a bind source that the VM now resolves through a symbolic lin
   f.fail.inspect = 'reject';
   assert.equal(await m.verifyStart('gone'), undefined, 'an unknown container is dockerd\'s to answer');
 });
+
+test('beforeStart: one inspect, then the check, then pins and watches; a refused start pins nothing', async (t) => {
+  const f = fake();
+  const m = tracker(t, f);
+  f.inspects.set('c1', { Id: 'c1', Mounts: [bind('/home/me/proj')] });
+  assert.equal(await m.beforeStart('c1'), undefined);
+  assert.deepEqual(f.calls, ['inspect c1', 'verify /home/me/proj', 'pin /home/me/proj', 'watch /home/me/proj']);
+  f.calls.length = 0;
+  f.inspects.set('c2', { Id: 'c2', Mounts: [bind('/home/me/other')] });
+  f.vm.set('/home/me/other', { resolved: '/etc', kind: 'dir' });
+  assert.match((await m.beforeStart('c2')) ?? '', /symbolic link/);
+  assert.deepEqual(f.calls, ['inspect c2', 'verify /home/me/other']);
+});

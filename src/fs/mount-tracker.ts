@@ -39,9 +39,9 @@ export class MountTracker {
   ) {}
 
   /** Before a container starts: pin and watch the shared folders it mounts. Never throws. */
-  async prepare(id: string): Promise<void> {
+  async prepare(id: string, inspect?: unknown): Promise<void> {
     try {
-      await this.apply(id, await this.d.inspect(id));
+      await this.apply(id, inspect ?? (await this.d.inspect(id)));
     } catch (err) {
       this.log.debug('could not prepare change events for a container', { id: id.slice(0, 12), err: (err as Error).message });
       return;
@@ -59,10 +59,10 @@ export class MountTracker {
    * way (docs/docker-proxy.md "Symbolic links in bind sources"). Returns the refusal message, or
    * undefined to go on. An unknown container goes on (dockerd answers it).
    */
-  async verifyStart(id: string): Promise<string | undefined> {
-    let inspect: unknown;
+  async verifyStart(id: string, known?: unknown): Promise<string | undefined> {
+    let inspect = known;
     try {
-      inspect = await this.d.inspect(id);
+      inspect ??= await this.d.inspect(id);
     } catch {
       return undefined;
     }
@@ -84,6 +84,22 @@ export class MountTracker {
       return `berth: the bind mount source ${src} is now ${now} in the VM; when the container was created it was a folder inside a shared folder. berth does not start it, because the VM would mount what is there now. Put the folder back, or create the container again.`;
     }
     return undefined;
+  }
+
+  /**
+   * Before a container starts, with one inspect of it: verifyStart, then prepare. Returns the
+   * refusal message, or undefined once its folders are pinned and watched.
+   */
+  async beforeStart(id: string): Promise<string | undefined> {
+    let inspect: unknown;
+    try {
+      inspect = await this.d.inspect(id);
+    } catch {
+      return undefined; // dockerd answers for a container it does not know
+    }
+    const refusal = await this.verifyStart(id, inspect);
+    if (refusal === undefined) await this.prepare(id, inspect);
+    return refusal;
   }
 
   /** A container's inspect data changed (running, or undefined: gone). Never throws. */
