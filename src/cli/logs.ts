@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import type { BerthPaths } from '../settings/paths.js';
 import { BerthError } from '../util/errors.js';
 import { readTail } from '../util/files.js';
-import { checkFlags, type ParsedArgs } from './args.js';
 import type { Out } from './render.js';
 
 /**
@@ -14,23 +13,22 @@ import type { Out } from './render.js';
  *   daemon  the host daemon
  */
 export const LOG_NAMES = ['vm', 'agent', 'engine', 'daemon'] as const;
-type LogName = (typeof LOG_NAMES)[number];
+export type LogName = (typeof LOG_NAMES)[number];
+
+export interface LogsOptions {
+  log: LogName;
+  /** How many of the last lines to print first (Number.MAX_SAFE_INTEGER for all). */
+  lines: number;
+  follow: boolean;
+}
 
 export function logFile(paths: BerthPaths, name: LogName): string {
   return { vm: paths.vmLog, agent: paths.agentLog, engine: paths.engineLog, daemon: paths.daemonLog }[name];
 }
 
-export async function showLogs(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<number> {
-  checkFlags(args, ['f', 'follow']);
-  const name = (args.positional[0] ?? 'engine') as LogName;
-  if (!LOG_NAMES.includes(name)) {
-    throw new BerthError('USAGE', `Unknown log "${name}".`, { hint: `Choose one of: ${LOG_NAMES.join(', ')}.` });
-  }
-  const nRaw = args.values.get('n') ?? args.values.get('lines') ?? '100';
-  const n = nRaw === 'all' ? Number.MAX_SAFE_INTEGER : Number.parseInt(nRaw, 10);
-  if (!Number.isInteger(n) || n < 0) throw new BerthError('USAGE', `-n takes a number or "all", not "${nRaw}".`);
+export async function showLogs(paths: BerthPaths, options: LogsOptions, out: Out): Promise<number> {
+  const { log: name, lines: n, follow } = options;
   const file = logFile(paths, name);
-  const follow = args.flags.has('f') || args.flags.has('follow');
   if (!fs.existsSync(file) && !follow) {
     throw new BerthError('USAGE', `There is no ${name} log yet (${file}).`, { hint: 'It appears once berth has started.' });
   }

@@ -1,13 +1,14 @@
 import fs from 'node:fs';
 import { resolvePaths, type BerthPaths } from '../settings/paths.js';
-import { readSettings, setSetting, SETTING_KEYS, isSettingKey } from '../settings/settings.js';
-import { BerthError, toBerthError } from '../util/errors.js';
+import { readSettings, setSetting, SETTING_KEYS } from '../settings/settings.js';
+import { toBerthError, type BerthError } from '../util/errors.js';
 import type { ProgressEvent } from '../util/progress.js';
 import { DaemonClient } from './daemon-client.js';
 import { progressRenderer, renderError, renderStatus, formatMs, type Out } from './render.js';
-import { parseArgs, type ParsedArgs } from './args.js';
+import type { CommandId, Invocation, OptionsOf } from './commands.js';
+import { parseCommandLine, type ParseResult } from './parse.js';
 import { runShell } from './shell.js';
-import { showLogs, LOG_NAMES } from './logs.js';
+import { showLogs } from './logs.js';
 import { runVersion } from './version.js';
 import { runImageBuild } from './image.js';
 import { showPorts } from './ports.js';
@@ -19,87 +20,76 @@ import type { StatusReport } from '../daemon/api-types.js';
  * berth's command-line interface. Exit codes: 0 success, 1 failure, 2 usage error.
  * With --json, a command prints one JSON document (or JSON lines for progress) and nothing else
  * on stdout; errors are printed as {"error": {...}} with the same exit codes.
+ * The commands and their options are declared in commands.ts.
  */
-const USAGE = `berth: Linux containers through one lightweight VM
 
-Usage: berth <command> [options]
+/** One function per command id; what it returns is the exit code. */
+export type Handlers = { [K in CommandId]: (options: OptionsOf<K>) => Promise<number> };
 
-Commands:
-  start [--switch-context]   Start the VM and the Docker engine (builds the guest image if needed)
-  stop                       Stop the engine cleanly and power the VM off
-  restart                    stop, then start
-  status                     Show the state (--json: state, dockerHost, accelerator, cpus, memoryMiB, ...)
-  ports                      Published ports: host address, container, state (--json)
-  network                    The VM's network and the translator's counters (--json)
-  shell [-t|-T] [-- CMD...]  Run CMD (or an interactive shell) inside the VM; its exit code is passed back
-  logs [${LOG_NAMES.join('|')}] [-f] [-n N]
-                             Show a log (default: engine); -f follows it
-  version                    Versions of berth, QEMU and the guest image's parts
-  image build [--force]      Build the guest image now (start does this when needed)
-  settings [get [KEY]]       Show settings
-  settings set KEY VALUE     Change a setting (takes effect at the next start); keys: ${SETTING_KEYS.join(', ')}
+export interface Io {
+  stdout: Out;
+  stderr: Out;
+}
 
-Options:
-  --json                     Machine-readable output
-  -h, --help                 This help
+export function main(argv: string[]): Promise<number> {
+  return run(argv, handlers, { stdout: { write: (t) => process.stdout.write(t) }, stderr: { write: (t) => process.stderr.write(t) } });
+}
 
-Environment:
-  BERTH_HOME                 State directory (default ~/.berth): settings, sockets, logs, data disk
-  BERTH_CACHE                Package and image cache (default ~/.cache/berth)
-  BERTH_GUEST_DIR            Build the guest image from this folder instead of guest/ (manifest + scripts)
-`;
-
-export async function main(argv: string[]): Promise<number> {
-  let args: ParsedArgs;
+/** Parses `argv` and runs the command with the handlers `makeHandlers` returns. */
+export async function run(argv: string[], makeHandlers: (out: Out) => Handlers, io: Io): Promise<number> {
+  let parsed: ParseResult;
   try {
-    args = parseArgs(argv);
+    parsed = parseCommandLine(argv);
   } catch (err) {
-    process.stderr.write(renderError(toBerthError(err, 'USAGE')));
+    report(toBerthError(err), false, io);
+    return 1;
+  }
+  if (parsed.kind === 'print') {
+    io.stdout.write(parsed.text);
+    return parsed.exitCode;
+  }
+  if (parsed.kind === 'error') {
+    report(parsed.error, parsed.json, io);
     return 2;
   }
-  const out: Out = { write: (t) => process.stdout.write(t) };
-  const paths = resolvePaths();
   try {
-    if (args.help || args.command === 'help' || !args.command) {
-      out.write(USAGE);
-      return args.command || args.help ? 0 : 2;
-    }
-    switch (args.command) {
-      case 'start':
-        return await lifecycle(paths, args, '/v1/start' + (args.flags.has('switch-context') ? '?switchContext=1' : ''), out);
-      case 'stop':
-        return await stop(paths, args, out);
-      case 'restart':
-        return await lifecycle(paths, args, '/v1/restart', out);
-      case 'status':
-        return await status(paths, args, out);
-      case 'ports':
-        return await showPorts(new DaemonClient(paths), args, out);
-      case 'network':
-        return await showNetwork(new DaemonClient(paths), args, out);
-      case 'shell':
-        return await runShell(new DaemonClient(paths), args);
-      case 'logs':
-        return await showLogs(paths, args, out);
-      case 'version':
-        return await runVersion(paths, args, out);
-      case 'image':
-        if (args.positional[0] !== 'build') throw new BerthError('USAGE', 'Usage: berth image build [--force] [--json]');
-        return await runImageBuild(paths, args, out);
-      case 'settings':
-        return await settingsCommand(paths, args, out);
-      default:
-        throw new BerthError('USAGE', `Unknown command "${args.command}".`, { hint: 'Run `berth --help` for the list of commands.' });
-    }
+    return await dispatch(makeHandlers(io.stdout), parsed.invocation);
   } catch (err) {
     const e = toBerthError(err);
-    if (args.json) process.stdout.write(JSON.stringify({ error: e.toJSON() }, null, 2) + '\n');
-    else process.stderr.write(renderError(e));
+    report(e, parsed.invocation.options.json, io);
     return e.code === 'USAGE' ? 2 : 1;
   }
 }
 
-async function lifecycle(paths: BerthPaths, args: ParsedArgs, route: string, out: Out): Promise<number> {
+function dispatch<K extends CommandId>(h: Handlers, invocation: Invocation<K>): Promise<number> {
+  return h[invocation.id](invocation.options);
+}
+
+function report(e: BerthError, json: boolean, io: Io): void {
+  if (json) io.stdout.write(JSON.stringify({ error: e.toJSON() }, null, 2) + '\n');
+  else io.stderr.write(renderError(e));
+}
+
+// A new command's handler goes here (the compiler asks for one per id in commands.ts).
+function handlers(out: Out): Handlers {
+  const paths = resolvePaths();
+  return {
+    start: (o) => lifecycle(paths, o, '/v1/start' + (o.switchContext ? '?switchContext=1' : ''), out),
+    stop: (o) => stop(paths, o, out),
+    restart: (o) => lifecycle(paths, o, '/v1/restart', out),
+    status: (o) => status(paths, o, out),
+    ports: (o) => showPorts(new DaemonClient(paths), o, out),
+    network: (o) => showNetwork(new DaemonClient(paths), o, out),
+    shell: (o) => runShell(new DaemonClient(paths), o),
+    logs: (o) => showLogs(paths, o, out),
+    version: (o) => runVersion(paths, o, out),
+    'image build': (o) => runImageBuild(paths, o, out),
+    'settings get': (o) => settingsGet(paths, o, out),
+    'settings set': (o) => settingsSet(paths, o, out),
+  };
+}
+
+async function lifecycle(paths: BerthPaths, args: { json: boolean }, route: string, out: Out): Promise<number> {
   const client = new DaemonClient(paths);
   const render = args.json ? (e: ProgressEvent) => out.write(JSON.stringify(e) + '\n') : progressRenderer(out, process.stdout.isTTY === true);
   if (!args.json) out.write(route.startsWith('/v1/restart') ? 'berth: restarting\n' : 'berth: starting\n');
@@ -115,7 +105,7 @@ async function lifecycle(paths: BerthPaths, args: ParsedArgs, route: string, out
   return 0;
 }
 
-async function stop(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<number> {
+async function stop(paths: BerthPaths, args: { json: boolean }, out: Out): Promise<number> {
   const client = new DaemonClient(paths);
   if (!(await client.isRunning())) {
     // No daemon: a VM can still be running (daemon killed); let a daemon adopt it, then stop it.
@@ -137,7 +127,7 @@ async function stop(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<numb
   return 0;
 }
 
-async function status(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<number> {
+async function status(paths: BerthPaths, args: { json: boolean }, out: Out): Promise<number> {
   const client = new DaemonClient(paths);
   let s = (await client.getIfRunning('/v1/status')) as StatusReport | undefined;
   if (s === undefined) {
@@ -182,19 +172,18 @@ function stoppedStatus(paths: BerthPaths, settings?: Awaited<ReturnType<typeof r
   };
 }
 
-async function settingsCommand(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<number> {
-  const [sub = 'get', key, value] = args.positional;
-  if (sub === 'set') {
-    if (!key || value === undefined) throw new BerthError('USAGE', 'Usage: berth settings set KEY VALUE');
-    const s = await setSetting(paths.settings, key, value);
-    if (args.json) out.write(JSON.stringify(s, null, 2) + '\n');
-    else out.write(`${key} = ${JSON.stringify(s[key as keyof typeof s])} (takes effect at the next \`berth start\`)\n`);
-    return 0;
-  }
-  if (sub !== 'get') throw new BerthError('USAGE', 'Usage: berth settings [get [KEY]] | berth settings set KEY VALUE');
+async function settingsSet(paths: BerthPaths, args: OptionsOf<'settings set'>, out: Out): Promise<number> {
+  const { key, value } = args;
+  const s = await setSetting(paths.settings, key, value);
+  if (args.json) out.write(JSON.stringify(s, null, 2) + '\n');
+  else out.write(`${key} = ${JSON.stringify(s[key])} (takes effect at the next \`berth start\`)\n`);
+  return 0;
+}
+
+async function settingsGet(paths: BerthPaths, args: OptionsOf<'settings get'>, out: Out): Promise<number> {
+  const { key } = args;
   const s = await readSettings(paths.settings);
   if (key !== undefined) {
-    if (!isSettingKey(key)) throw new BerthError('USAGE', `Unknown setting "${key}".`, { hint: `Known settings: ${SETTING_KEYS.join(', ')}.` });
     out.write(args.json ? JSON.stringify({ [key]: s[key] }) + '\n' : `${JSON.stringify(s[key])}\n`);
     return 0;
   }

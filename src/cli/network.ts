@@ -1,12 +1,9 @@
-import type { ParsedArgs } from './args.js';
-import { checkFlags } from './args.js';
 import type { DaemonClient } from './daemon-client.js';
 import type { NetworkReport } from '../daemon/api-types.js';
 import type { Out } from './render.js';
 
 /** `berth network [--json]`: the VM's network and the translator's counters. */
-export async function showNetwork(client: DaemonClient, args: ParsedArgs, out: Out): Promise<number> {
-  checkFlags(args, []);
+export async function showNetwork(client: DaemonClient, args: { json: boolean }, out: Out): Promise<number> {
   const report = ((await client.getIfRunning('/v1/network')) as NetworkReport | undefined) ?? { network: null, stats: null };
   if (args.json) {
     out.write(JSON.stringify(report, null, 2) + '\n');

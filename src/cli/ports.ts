@@ -1,12 +1,9 @@
-import type { ParsedArgs } from './args.js';
-import { checkFlags } from './args.js';
 import type { DaemonClient } from './daemon-client.js';
 import type { PortsReport } from '../daemon/api-types.js';
 import type { Out } from './render.js';
 
 /** `berth ports [--json]`: every published port, where it goes, and whether it is listening. */
-export async function showPorts(client: DaemonClient, args: ParsedArgs, out: Out): Promise<number> {
-  checkFlags(args, []);
+export async function showPorts(client: DaemonClient, args: { json: boolean }, out: Out): Promise<number> {
   const report = ((await client.getIfRunning('/v1/ports')) as PortsReport | undefined) ?? { backend: 'none', forwards: [] };
   if (args.json) {
     out.write(JSON.stringify(report, null, 2) + '\n');

@@ -4,7 +4,13 @@ import { BerthError, fromSerialized, type SerializedError } from '../util/errors
 import { ExecRecordDecoder, ExecRecordType, encodeExecRecord } from '../control/exec-protocol.js';
 import type { ExecRequest } from '../daemon/api-types.js';
 import type { DaemonClient } from './daemon-client.js';
-import { checkFlags, type ParsedArgs } from './args.js';
+
+export interface ShellOptions {
+  /** The command and its arguments; [] for an interactive shell. */
+  argv: string[];
+  /** true: -t, false: -T, undefined: a TTY if stdin and stdout are terminals. */
+  tty: boolean | undefined;
+}
 
 /**
  * `berth shell [-t|-T] [-- CMD...]`: a command (or an interactive shell) in the VM.
@@ -12,12 +18,11 @@ import { checkFlags, type ParsedArgs } from './args.js';
  * local terminal is put in raw mode and window size changes are forwarded. The command's exit code
  * becomes ours; a signal death becomes 128+signal, as in a shell.
  */
-export async function runShell(client: DaemonClient, args: ParsedArgs): Promise<number> {
-  checkFlags(args, ['t', 'T']);
-  const argv = [...args.positional, ...args.rest];
+export async function runShell(client: DaemonClient, options: ShellOptions): Promise<number> {
+  const { argv } = options;
   const isTty = process.stdin.isTTY === true && process.stdout.isTTY === true;
   // Without a terminal an interactive shell still works (it reads commands from stdin).
-  const tty = args.flags.has('T') ? false : args.flags.has('t') || isTty;
+  const tty = options.tty ?? isTty;
   const req: ExecRequest = { argv, tty, env: { TERM: process.env.TERM ?? 'xterm-256color' } };
   if (tty && process.stdout.columns && process.stdout.rows) {
     req.cols = process.stdout.columns;

@@ -7,12 +7,10 @@ import { imageInputs } from '../daemon/image-source.js';
 import { findQemu } from '../vm/qemu-binary.js';
 import { DaemonClient } from './daemon-client.js';
 import type { StatusReport } from '../daemon/api-types.js';
-import { checkFlags, type ParsedArgs } from './args.js';
 import type { Out } from './render.js';
 
 /** `berth version`: berth itself, QEMU, and what the guest image holds (kernel, engine, Node). */
-export async function runVersion(paths: BerthPaths, args: ParsedArgs, out: Out): Promise<number> {
-  checkFlags(args, []);
+export async function runVersion(paths: BerthPaths, args: { json: boolean }, out: Out): Promise<number> {
   const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
   const qemu = await findQemu().then((q) => q.version).catch(() => null);
   const built = await findImage(imageInputs(paths.cache)).catch(() => undefined);
