@@ -12,7 +12,7 @@ import { kernelArgs, machineArgs } from '../src/vm/qemu-args.js';
 import { median, type BenchResult, type Row } from './report.js';
 
 /**
- * Cold start to API-ready, against its floor.
+ * Cold start to API-ready for each engine pack and for Debian 13's kernel, each against its floor.
  *
  * - floor: the same kernel, initramfs, machine, accelerator, CPUs and memory, booted with
  *   `berth.probe`: the initramfs /init prints a line at once and powers off. Nothing berth does
@@ -26,65 +26,105 @@ import { median, type BenchResult, type Row } from './report.js';
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
 const berth = path.join(repo, 'bin', 'berth');
 
+/** One way to boot: an engine pack, and optionally another guest folder (another kernel). */
+interface Variant {
+  name: string;
+  engine: string;
+  env: NodeJS.ProcessEnv;
+}
+
 export async function benchStart(runs: number): Promise<BenchResult> {
   const paths = resolvePaths();
   const inputs = imageInputs(paths.cache);
-  const image = await findImage(inputs);
-  if (!image) throw new Error('no guest image: run `bin/berth image build` first');
-  const cmdline = (await loadManifest(inputs.manifestPath)).kernel.cmdline;
+  const manifest = await loadManifest(inputs.manifestPath);
+  const kernel612 = makeKernelVariant(inputs.guestDir);
+  const variants: Variant[] = [
+    ...manifest.packs.map((p) => ({ name: `engine ${p.id}`, engine: p.id, env: {} })),
+    { name: `engine ${manifest.packs[0]!.id}, Debian 13 kernel`, engine: manifest.packs[0]!.id, env: { BERTH_GUEST_DIR: kernel612 } },
+  ];
   const qemu = await findQemu();
   const cpus = Math.max(1, Math.min(4, os.cpus().length));
-  const kernel = { vmlinux: image.vmlinux, initramfs: image.initramfs, cmdline, imageKey: image.key, cpus };
-  const accel = (await chooseAccelerator(qemu.system, 'auto', { kernel, verdicts: new VerdictCache(paths.accelVerdicts), qemuVersion: qemu.version })).accelerator;
-
-  const floor: number[] = [];
-  const floorInit: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const r = await bootFloor(qemu.system, accel, cpus, image.vmlinux, image.initramfs, cmdline);
-    floor.push(r.exitMs);
-    floorInit.push(r.initMs);
-  }
-
-  const home = fs.mkdtempSync('/tmp/berth-bench-');
-  const env = { ...process.env, BERTH_HOME: home, DOCKER_CONFIG: path.join(home, 'docker') };
-  const cold: number[] = [];
-  const phases = new Map<string, number[]>();
-  let first = 0;
-  let daemonRss = 0;
-  let qemuRss = 0;
+  const rows: Row[] = [];
+  const homes: string[] = [];
+  let accel: Accelerator = 'tcg';
   try {
-    first = timed(() => cli(['start'], env));
-    cli(['stop'], env);
-    for (let i = 0; i < runs; i++) {
-      cold.push(timed(() => cli(['start'], env)));
-      const status = JSON.parse(cli(['status', '--json'], env)) as { lastStart: { phases: { id: string; ms: number }[] }; daemonPid: number; qemuPid: number };
-      for (const p of status.lastStart.phases) phases.set(p.id, [...(phases.get(p.id) ?? []), p.ms]);
-      if (i === runs - 1) {
-        await new Promise((r) => setTimeout(r, 3000)); // idle
-        daemonRss = rssMiB(status.daemonPid);
-        qemuRss = rssMiB(status.qemuPid);
+    const state = new Map<Variant, { env: NodeJS.ProcessEnv; cold: number[]; phases: Map<string, number[]>; first: number; floorInit: number[]; floor: number[]; kernel: string; daemonRss: number; qemuRss: number }>();
+    for (const v of variants) {
+      const home = fs.mkdtempSync('/tmp/berth-bench-');
+      homes.push(home);
+      const env = { ...process.env, ...v.env, BERTH_HOME: home, DOCKER_CONFIG: path.join(home, 'docker') };
+      fs.writeFileSync(path.join(home, 'settings.json'), JSON.stringify({ 'engine.version': v.engine }));
+      cli(['image', 'build'], env); // not timed: a build is not a start
+      const vInputs = imageInputs(paths.cache, env);
+      const image = await findImage(vInputs);
+      if (!image) throw new Error(`no guest image for ${v.name}`);
+      const cmdline = (await loadManifest(vInputs.manifestPath)).base.kernel.cmdline;
+      const kernel = { vmlinux: image.vmlinux, initramfs: image.initramfs, cmdline, imageKey: image.key, cpus };
+      accel = (await chooseAccelerator(qemu.system, 'auto', { kernel, verdicts: new VerdictCache(paths.accelVerdicts), qemuVersion: qemu.version })).accelerator;
+      const floor: number[] = [];
+      const floorInit: number[] = [];
+      for (let i = 0; i < runs; i++) {
+        const r = await bootFloor(qemu.system, accel, cpus, image.vmlinux, image.initramfs, cmdline);
+        floor.push(r.exitMs);
+        floorInit.push(r.initMs);
       }
+      const first = timed(() => cli(['start'], env));
       cli(['stop'], env);
+      state.set(v, { env, cold: [], phases: new Map(), first, floorInit, floor, kernel: image.versions.kernel.release, daemonRss: 0, qemuRss: 0 });
+    }
+    // Runs alternate between the variants, so a slow spell of the machine falls on all of them.
+    for (let i = 0; i < runs; i++) {
+      for (const v of variants) {
+        const st = state.get(v)!;
+        st.cold.push(timed(() => cli(['start'], st.env)));
+        const status = JSON.parse(cli(['status', '--json'], st.env)) as { lastStart: { phases: { id: string; ms: number }[] }; daemonPid: number; qemuPid: number };
+        for (const p of status.lastStart.phases) st.phases.set(p.id, [...(st.phases.get(p.id) ?? []), p.ms]);
+        if (i === runs - 1) {
+          await new Promise((r) => setTimeout(r, 3000)); // idle
+          st.daemonRss = rssMiB(status.daemonPid);
+          st.qemuRss = rssMiB(status.qemuPid);
+        }
+        cli(['stop'], st.env);
+      }
+    }
+    const base = median(state.get(variants[0]!)!.cold);
+    for (const v of variants) {
+      const st = state.get(v)!;
+      const coldMed = median(st.cold);
+      rows.push({ name: `${v.name} (kernel ${st.kernel}): floor, same kernel to an empty init`, value: median(st.floorInit), unit: 'ms', note: `to QEMU exit ${median(st.floor)} ms` });
+      rows.push({ name: `${v.name}: cold start to Docker API ready`, value: coldMed, unit: 'ms', ratio: coldMed / median(st.floorInit), note: `runs: ${st.cold.join(', ')} ms; ${(coldMed / base).toFixed(2)}× ${variants[0]!.name}` });
+      rows.push({ name: `${v.name}: first start (creates and formats the disk)`, value: st.first, unit: 'ms' });
+      for (const [id, ms] of st.phases) rows.push({ name: `  phase ${id}`, value: median(ms), unit: 'ms' });
+      rows.push({ name: `${v.name}: daemon RSS, VM running and idle`, value: st.daemonRss, unit: 'MiB' });
+      rows.push({ name: `${v.name}: QEMU RSS (guest memory touched + QEMU)`, value: st.qemuRss, unit: 'MiB' });
     }
   } finally {
-    try {
-      cli(['stop'], env);
-    } catch {
-      // already stopped
+    for (const home of homes) {
+      try {
+        cli(['stop'], { ...process.env, BERTH_HOME: home });
+      } catch {
+        // already stopped
+      }
+      fs.rmSync(home, { recursive: true, force: true });
     }
-    fs.rmSync(home, { recursive: true, force: true });
+    fs.rmSync(kernel612, { recursive: true, force: true });
   }
+  return { title: `Start per engine pack and kernel (${accel.toUpperCase()}, ${cpus} vCPUs, QEMU ${qemu.version}, median of ${runs}, runs alternating)`, rows };
+}
 
-  const coldMed = median(cold);
-  const rows: Row[] = [
-    { name: 'floor: same kernel to an empty init', value: median(floorInit), unit: 'ms', note: `to QEMU exit ${median(floor)} ms` },
-    { name: 'berth cold start to Docker API ready', value: coldMed, unit: 'ms', ratio: coldMed / median(floorInit), note: `runs: ${cold.join(', ')} ms` },
-    { name: 'berth first start (creates and formats the disk)', value: first, unit: 'ms' },
-  ];
-  for (const [id, ms] of phases) rows.push({ name: `  phase ${id}`, value: median(ms), unit: 'ms' });
-  rows.push({ name: 'daemon RSS, VM running and idle', value: daemonRss, unit: 'MiB' });
-  rows.push({ name: 'QEMU RSS (guest memory touched + QEMU)', value: qemuRss, unit: 'MiB' });
-  return { title: `Start (${accel.toUpperCase()}, ${cpus} vCPUs, QEMU ${qemu.version}, median of ${runs})`, rows };
+/**
+ * A copy of the guest folder whose base takes Debian 13's kernel (6.12) instead of the base
+ * source's: the anchor of the kernel comparison (docs/performance.md "Kernel"). Only the kernel
+ * changes; the base userland, the packs and the agent are the same.
+ */
+export function makeKernelVariant(guestDir: string): string {
+  const dir = fs.mkdtempSync('/tmp/berth-guest-k612-');
+  fs.cpSync(guestDir, dir, { recursive: true });
+  const file = path.join(dir, 'manifest.json');
+  const m = JSON.parse(fs.readFileSync(file, 'utf8')) as { base: { kernel: { source?: string } } };
+  m.base.kernel.source = 'trixie';
+  fs.writeFileSync(file, JSON.stringify(m, null, 2));
+  return dir;
 }
 
 function cli(args: string[], env: NodeJS.ProcessEnv): string {

@@ -157,6 +157,8 @@ function stoppedStatus(paths: BerthPaths, settings?: Awaited<ReturnType<typeof r
     imageVersion: null,
     image: null,
     engine: null,
+    enginePack: null,
+    cliPlugins: null,
     qemuPid: null,
     daemonPid: null,
     startedAt: null,

@@ -80,6 +80,7 @@ export function renderStatus(s: StatusReport): string {
     lines.push(`accelerator:  ${s.accelerator ?? '-'}`);
     lines.push(`resources:    ${s.cpus} CPUs, ${s.memoryMiB} MiB memory, ${s.diskGiB} GiB data disk`);
     lines.push(`image:        ${s.imageVersion ?? '-'}`);
+    lines.push(`engine:       ${s.enginePack ? `${s.enginePack.id} (Docker ${s.enginePack.dockerVersion}, pack ${s.enginePack.key})` : '-'}`);
     if (s.network) {
       const n = s.network;
       const link = n.linkUp === null ? '' : n.linkUp ? '' : ' (translator not connected)';

@@ -37,6 +37,10 @@ export interface StatusReport {
   imageVersion: string | null;
   image: Record<string, unknown> | null;
   engine: { state: string; detail?: string } | null;
+  /** The engine version pack the VM booted (`berth engine list`). */
+  enginePack: { id: string; title: string; dockerVersion: string; key: string } | null;
+  /** The engine's docker CLI plugins offered to the host's docker CLI at the last start (docs/engine-packs.md). */
+  cliPlugins: Array<{ name: string; state: 'linked' | 'user' | 'system'; path: string }> | null;
   qemuPid: number | null;
   daemonPid: number | null;
   startedAt: string | null;

@@ -1,10 +1,21 @@
 import path from 'node:path';
 import type { ProgressListener } from '../util/progress.js';
 import type { Logger } from '../util/log.js';
-import { buildImage, findImage, loadManifest, type BuildOptions, type ImageVersions } from '../image/index.js';
+import { buildImage, buildPack, findImage, findPack, loadManifest, type BuildOptions, type ImageInfo, type ImageVersions, type PackInfo, type PackVersions } from '../image/index.js';
 import { packageRoot } from '../settings/paths.js';
 
-/** The image a VM boots: file paths plus what it holds. Stored in vm.json for adoption. */
+/** The engine pack a VM boots: its image and what it holds. */
+export interface ResolvedPack {
+  id: string;
+  key: string;
+  squashfs: string;
+  versions: PackVersions;
+  /** The pack's docker CLI and CLI plugins for the host (docker-compose, docker-buildx). */
+  dockerCli: string | undefined;
+  cliPlugins: Record<string, string>;
+}
+
+/** The base and pack a VM boots: file paths plus what they hold. Stored in vm.json for adoption. */
 export interface ResolvedImage {
   key: string;
   vmlinux: string;
@@ -12,13 +23,14 @@ export interface ResolvedImage {
   rootfs: string;
   cmdline: string;
   versions: ImageVersions;
+  pack: ResolvedPack;
 }
 
 export interface ImageSource {
-  /** The image for this checkout, building it first (with progress) if it is not cached. */
-  ensure(onProgress: ProgressListener): Promise<ResolvedImage>;
-  /** The cached image for this checkout, or undefined; never builds. */
-  current(): Promise<ResolvedImage | undefined>;
+  /** The base and engine pack `engine` for this checkout, building either first (with progress) if it is not cached. */
+  ensure(engine: string, onProgress: ProgressListener): Promise<ResolvedImage>;
+  /** The cached base and pack, or undefined; never builds. */
+  current(engine: string): Promise<ResolvedImage | undefined>;
 }
 
 /**
@@ -42,27 +54,35 @@ export class BuilderImageSource implements ImageSource {
     private readonly log: Logger,
   ) {}
 
-  async current(): Promise<ResolvedImage | undefined> {
+  async current(engine: string): Promise<ResolvedImage | undefined> {
     const inputs = imageInputs(this.cacheDir);
-    const info = await findImage(inputs);
-    if (!info) return undefined;
-    const manifest = await loadManifest(inputs.manifestPath);
-    return { key: info.key, vmlinux: info.vmlinux, initramfs: info.initramfs, rootfs: info.rootfs, cmdline: manifest.kernel.cmdline, versions: info.versions };
+    const [base, pack] = await Promise.all([findImage(inputs), findPack(inputs, engine)]);
+    if (!base || !pack) return undefined;
+    return this.resolved(inputs.manifestPath, base, pack);
   }
 
-  async ensure(onProgress: ProgressListener): Promise<ResolvedImage> {
+  async ensure(engine: string, onProgress: ProgressListener): Promise<ResolvedImage> {
     const inputs = imageInputs(this.cacheDir);
-    const cached = await findImage(inputs);
-    if (!cached) {
-      onProgress({
-        type: 'note',
-        level: 'info',
-        message: 'The guest image is not built yet: building it now from Debian packages (first start only; a few minutes).',
-        at: Date.now(),
-      });
-    }
-    const info = cached ?? (await buildImage({ ...inputs, onProgress, log: this.log }));
-    const manifest = await loadManifest(inputs.manifestPath);
-    return { key: info.key, vmlinux: info.vmlinux, initramfs: info.initramfs, rootfs: info.rootfs, cmdline: manifest.kernel.cmdline, versions: info.versions };
+    const note = (message: string) => onProgress({ type: 'note', level: 'info', message, at: Date.now() });
+    const cachedBase = await findImage(inputs);
+    if (!cachedBase) note('The guest image is not built yet: building it now from Debian packages (first start only; a few minutes).');
+    const base = cachedBase ?? (await buildImage({ ...inputs, onProgress, log: this.log }));
+    const cachedPack = await findPack(inputs, engine);
+    if (!cachedPack) note(`The engine pack ${engine} is not built yet: building it now from Debian packages (once per engine version; a few minutes).`);
+    const pack = cachedPack ?? (await buildPack({ ...inputs, onProgress, log: this.log }, engine));
+    return this.resolved(inputs.manifestPath, base, pack);
+  }
+
+  private async resolved(manifestPath: string, base: ImageInfo, pack: PackInfo): Promise<ResolvedImage> {
+    const manifest = await loadManifest(manifestPath);
+    return {
+      key: base.key,
+      vmlinux: base.vmlinux,
+      initramfs: base.initramfs,
+      rootfs: base.rootfs,
+      cmdline: manifest.base.kernel.cmdline,
+      versions: base.versions,
+      pack: { id: pack.id, key: pack.key, squashfs: pack.squashfs, versions: pack.versions, dockerCli: pack.dockerCli, cliPlugins: pack.cliPlugins },
+    };
   }
 }

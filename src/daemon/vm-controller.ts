@@ -19,6 +19,7 @@ import { QemuProcess, type QemuExit } from '../vm/qemu-process.js';
 import type { VmConfig } from '../vm/qemu-args.js';
 import { DockerProxy, type MountPolicy } from '../docker/index.js';
 import { registerDockerContext } from './docker-context.js';
+import { installCliPlugins, type PluginOutcome } from './cli-plugins.js';
 import { prepareSocketPath } from '../util/unix-socket.js';
 import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
 import { guestNetwork, type GuestNetwork } from './guest-network.js';
@@ -29,7 +30,9 @@ import { FileService, guestShareConfig, planShares } from '../fs/file-service.js
 import type { ShareSpec } from '../fs/share.js';
 import { MountTracker } from '../fs/mount-tracker.js';
 import { dockerJson } from '../ports/docker-api.js';
-import type { ImageSource, ResolvedImage } from './image-source.js';
+import type { ImageSource, ResolvedImage, ResolvedPack } from './image-source.js';
+import { classifySwitch, downgradeError, readStamp, writeStamp, type EngineStamp } from '../engine/stamp.js';
+import { createSnapshot, deleteSnapshot } from '../engine/snapshot.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 import { isWithin } from '../util/paths.js';
 import { parseShareFailures, type ShareFailure } from '../control/share-mounts.js';
@@ -80,6 +83,7 @@ export class VmController extends EventEmitter {
   private running: Running | undefined;
   private failure: SerializedError | null = null;
   private warnings: string[] = [];
+  private cliPlugins: PluginOutcome[] | null = null;
   private lastStart: { totalMs: number; phases: PhaseTiming[] } | null = null;
   private settings: Settings | undefined;
   private op: { kind: 'start' | 'stop'; promise: Promise<StatusReport>; events: EventEmitter } | undefined;
@@ -115,7 +119,7 @@ export class VmController extends EventEmitter {
       const session = new GuestSession(this.paths, this.log.child('guest'));
       session.connect();
       await session.waitSession(30_000);
-      const image = saved?.image ?? (await this.images.current());
+      const image = saved?.image ?? (await this.images.current(this.settings['engine.version']));
       // The guest was configured for the network of its start, whatever the settings say now.
       const network = saved?.network ?? guestNetwork(this.settings, this.paths);
       // The shares of the boot the guest mounted; it mounts them again with fresh tickets.
@@ -181,6 +185,8 @@ export class VmController extends EventEmitter {
       diskGiB: s?.diskGiB ?? 0,
       imageVersion: r ? r.image.key.slice(0, 12) : null,
       image: r ? (r.image.versions as unknown as Record<string, unknown>) : null,
+      cliPlugins: this.cliPlugins,
+      enginePack: r?.image.pack ? { id: r.image.pack.id, title: r.image.pack.versions.title, dockerVersion: r.image.pack.versions.engineVersion, key: r.image.pack.key.slice(0, 12) } : null,
       engine: engine ? { state: engine.state, ...(engine.detail ? { detail: engine.detail } : {}) } : null,
       qemuPid: r?.qemu.pid ?? null,
       daemonPid: process.pid,
@@ -195,6 +201,37 @@ export class VmController extends EventEmitter {
       home: this.paths.home,
       logs: { daemon: this.paths.daemonLog, vm: this.paths.vmLog, agent: this.paths.agentLog, engine: this.paths.engineLog },
     };
+  }
+
+  /**
+   * Refuses an engine older than the one that last wrote the data disk (unless the user forced
+   * it once), snapshots the disk before an upgrade, and records the engine about to boot. Returns
+   * the step's detail.
+   */
+  private async prepareEngineSwitch(qemuImg: string, stamp: EngineStamp | undefined, pack: ResolvedPack, emit: ProgressListener): Promise<string> {
+    const sw = classifySwitch(stamp, pack.id);
+    const next: EngineStamp = { pack: pack.id, engineVersion: pack.versions.engineVersion, writtenAt: new Date().toISOString() };
+    let detail: string;
+    if (sw.kind === 'downgrade' && !sw.forced) throw downgradeError(sw.from, pack.id);
+    if (sw.kind === 'upgrade') {
+      const name = `berth-before-${pack.id}-${Date.now()}`;
+      emit({ type: 'note', level: 'info', message: `Upgrading the engine from ${sw.from.pack} to ${pack.id}: a snapshot of the data disk is kept for \`berth engine rollback\`.`, at: Date.now() });
+      if (sw.from.snapshot) await deleteSnapshot(qemuImg, this.paths.dataDisk, sw.from.snapshot.name).catch((err) => this.log.warn('could not delete the previous engine snapshot', { error: String(err) }));
+      await createSnapshot(qemuImg, this.paths.dataDisk, name);
+      next.snapshot = { name, pack: sw.from.pack, engineVersion: sw.from.engineVersion, takenAt: new Date().toISOString() };
+      detail = `upgrade from ${sw.from.pack} (Docker ${sw.from.engineVersion}); snapshot ${name}`;
+    } else {
+      if (stamp?.snapshot) next.snapshot = stamp.snapshot;
+      detail =
+        sw.kind === 'fresh' ? `new data disk, engine ${pack.id}` : sw.kind === 'same' ? `engine ${pack.id}, as last time` : `older engine ${pack.id} on data of ${sw.from.pack}, forced`;
+      if (sw.kind === 'downgrade') {
+        const message = `Engine ${pack.id} starts on data last written by engine ${sw.from.pack}, as forced with \`berth engine use ${pack.id} --force\`.`;
+        this.warnings.push(message);
+        emit({ type: 'note', level: 'warn', message, at: Date.now() });
+      }
+    }
+    await writeStamp(this.paths.engineStamp, next);
+    return detail;
   }
 
   /** The running guest session, or VM_NOT_RUNNING. */
@@ -254,7 +291,7 @@ export class VmController extends EventEmitter {
         d(`QEMU ${q.version}`);
         return q;
       });
-      const image = await this.images.ensure(record);
+      const image = await this.images.ensure(settings['engine.version'], record);
       const probe = await step(record, 'accelerator', 'Probe the accelerator', async (d) => {
         const r = await chooseAccelerator(install.system, settings.accelerator, {
           kernel: { vmlinux: image.vmlinux, initramfs: image.initramfs, cmdline: image.cmdline, imageKey: image.key, cpus: settings.cpus, ...(cpuOverride() ? { cpuModel: cpuOverride()! } : {}) },
@@ -265,6 +302,8 @@ export class VmController extends EventEmitter {
         if (r.warning) this.warn(record, r.warning);
         return r;
       });
+      // Read before the disk step: a disk that step creates has no engine history.
+      const stamp = await readStamp(this.paths.engineStamp, this.paths.dataDisk);
       await step(record, 'disk', 'Prepare the data disk', async (d) => {
         const disk = await ensureDataDisk(install.img, this.paths.dataDisk, settings.diskGiB);
         d(`${disk.created ? 'created, ' : ''}${disk.virtualGiB} GiB virtual, ${formatBytes(disk.allocatedBytes)} used`);
@@ -273,6 +312,8 @@ export class VmController extends EventEmitter {
           record({ type: 'note', level: disk.note.includes('shrink') ? 'warn' : 'info', message: disk.note, at: Date.now() });
         }
       });
+
+      await step(record, 'engine.data', 'Check the engine against the data disk', async (d) => d(await this.prepareEngineSwitch(install.img, stamp, image.pack, record)));
 
       await this.rotateLogs();
       const plan = planShares(settings.shares);
@@ -305,6 +346,7 @@ export class VmController extends EventEmitter {
           vmlinux: image.vmlinux,
           initramfs: image.initramfs,
           rootfs: image.rootfs,
+          pack: image.pack.squashfs,
           dataDisk: this.paths.dataDisk,
           cmdline: `${image.cmdline} ${network.cmdline}`,
           qmpSocket: this.paths.qmpSocket,
@@ -409,6 +451,17 @@ export class VmController extends EventEmitter {
         if (opts.switchContext) record({ type: 'note', level: 'info', message: `docker context "${ctx.name}" is now the current context.`, at: Date.now() });
       } catch (err) {
         this.warnings.push(`Could not register the docker context: ${(err as Error).message}`);
+      }
+      if (settings['docker.cliPlugins'] && Object.keys(image.pack.cliPlugins).length > 0) {
+        await step(record, 'cli-plugins', 'Offer the engine\'s docker CLI plugins', async (d) => {
+          try {
+            this.cliPlugins = await installCliPlugins(image.pack.cliPlugins, { berthDir: this.paths.cliPluginsDir });
+            d(this.cliPlugins.map((p) => `${p.name.replace(/^docker-/, '')}: ${p.state === 'linked' ? 'linked' : `yours kept (${p.path})`}`).join(', '));
+          } catch (err) {
+            this.warnings.push(`Could not link the docker CLI plugins (docker compose, docker buildx): ${(err as Error).message}`);
+            d('failed (see warnings)');
+          }
+        });
       }
       this.state = 'running';
       this.lastStart = { totalMs: Math.round(performance.now() - t0), phases };

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BerthError } from '../util/errors.js';
 import { runTool, throwIfAborted } from './run.js';
 import { toolPath } from './host-tools.js';
+import type { AptSourceSpec } from './manifest.js';
 
 /**
  * Package resolution and download with apt itself, using the host's package indices
@@ -54,13 +55,50 @@ export interface AptContext {
   stateDir: string;
   /** The shared deb cache (<cacheDir>/debs). */
   debsDir: string;
+  /** A private source list and where its indices are kept; absent: the host's own sources and indices. */
+  source?: PrivateSource | undefined;
+  /** A Debian architecture other than the host's (e.g. "arm64"); needs a private source. */
+  arch?: string | undefined;
   signal?: AbortSignal | undefined;
+}
+
+export interface PrivateSource {
+  /** The source's name in the manifest (for messages). */
+  name: string;
+  spec: AptSourceSpec;
+  /** Where its indices live between builds (<cacheDir>/apt/<name>-<hash>/lists). */
+  listsDir: string;
 }
 
 export async function prepareAptState(ctx: AptContext): Promise<void> {
   await fs.mkdir(path.join(ctx.stateDir, 'cache', 'archives', 'partial'), { recursive: true });
   await fs.mkdir(path.join(ctx.debsDir, 'partial'), { recursive: true });
   await fs.writeFile(path.join(ctx.stateDir, 'status'), '');
+  if (ctx.source) {
+    await fs.mkdir(path.join(ctx.source.listsDir, 'partial'), { recursive: true });
+    await fs.writeFile(path.join(ctx.stateDir, 'sources.list'), sourcesListText(ctx.source.spec));
+  }
+}
+
+/** The one-line-style sources.list for a private source: every line signed by its keyring. */
+export function sourcesListText(spec: AptSourceSpec): string {
+  return spec.lines.map((l) => `deb [signed-by=${spec.keyring}] ${l}\n`).join('');
+}
+
+/**
+ * Refreshes a private source's indices (`apt-get update` against our own list and lists folder;
+ * the host's apt state is never read or written). apt's conditional requests make a refresh of
+ * unchanged indices cheap.
+ */
+export async function updatePrivateIndices(ctx: AptContext): Promise<void> {
+  if (!ctx.source) return;
+  throwIfAborted(ctx.signal);
+  await runTool(toolPath('apt-get'), [...aptOptions(ctx, path.join(ctx.stateDir, 'cache', 'archives')), 'update', '-q'], {
+    code: 'IMAGE_RESOLVE_FAILED',
+    what: `Image build failed at step "resolve" (apt-get update of the source "${ctx.source.name}")`,
+    hint: `Check that the mirror in "sources.${ctx.source.name}" of guest/manifest.json is reachable and its keyring exists, then build again.`,
+    signal: ctx.signal,
+  });
 }
 
 function aptOptions(ctx: AptContext, archives: string): string[] {
@@ -73,6 +111,15 @@ function aptOptions(ctx: AptContext, archives: string): string[] {
     '-o', 'APT::Install-Recommends=false',
     '-o', 'APT::Install-Suggests=false',
   ];
+  if (ctx.source) {
+    opts.push(
+      '-o', `Dir::Etc::sourcelist=${path.join(ctx.stateDir, 'sources.list')}`,
+      // A folder that holds no lists: the host's sources.list.d must not add suites to ours.
+      '-o', `Dir::Etc::sourceparts=${path.join(ctx.stateDir, 'no-sources.d')}`,
+      '-o', `Dir::State::Lists=${ctx.source.listsDir}`,
+    );
+    if (ctx.arch) opts.push('-o', `APT::Architecture=${ctx.arch}`, '-o', `APT::Architectures=${ctx.arch}`);
+  }
   // As root, apt downloads as the unprivileged _apt user, which cannot write into root's cache
   // directory; as a normal user apt cannot switch users and downloads as that user anyway.
   if (process.getuid?.() === 0) opts.push('-o', 'APT::Sandbox::User=root');

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BerthError } from '../util/errors.js';
 import type { ProgressEvent } from '../util/progress.js';
-import { buildImage, findImage, IMAGE_FILES, type BuildOptions, type ImageVersions } from './build.js';
+import { buildImage, buildPack, findImage, IMAGE_FILES, upstreamVersion, type BuildOptions, type ImageVersions } from './build.js';
 import { computeImageKey } from './cache-key.js';
 import { checkHostTools } from './host-tools.js';
 import { sampleManifest } from './manifest-fixture.js';
@@ -47,7 +47,6 @@ test('a cached key is returned at once with one image.cache step; incomplete ima
     const found = await findImage(opts);
     assert.equal(found?.key, key);
     assert.equal(found?.cached, true);
-    assert.equal(found?.dockerCli, undefined);
 
     const events: ProgressEvent[] = [];
     const t0 = performance.now();
@@ -67,6 +66,12 @@ test('a cached key is returned at once with one image.cache step; incomplete ima
   }
 });
 
+test('upstream versions drop the epoch and the Debian revision', () => {
+  assert.equal(upstreamVersion('26.1.5+dfsg1-9+deb13u1+b1'), '26.1.5');
+  assert.equal(upstreamVersion('20.10.24+dfsg1-1+deb12u1+b1'), '20.10.24');
+  assert.equal(upstreamVersion('1:2.3~rc1-4'), '2.3');
+});
+
 test('an aborted signal stops the build with ABORTED', async () => {
   const { dir, opts } = await inputs(sampleManifest());
   try {
@@ -82,8 +87,8 @@ const hasTools = await checkHostTools().then(
 );
 
 test('a package apt does not know fails at resolve naming it, and cleans up', { skip: !hasTools && 'host tools missing' }, async () => {
-  const m = sampleManifest() as { packages: { base: string[] } };
-  m.packages.base.push('berth-no-such-package');
+  const m = sampleManifest() as { base: { packages: string[] } };
+  m.base.packages.push('berth-no-such-package');
   const { dir, opts } = await inputs(m);
   try {
     const events: ProgressEvent[] = [];
@@ -143,13 +148,23 @@ test('real build from guest/manifest.json', { skip: process.env.BERTH_IMAGE_TEST
 
     const listing = execFileSync('unsquashfs', ['-l', info.rootfs], { maxBuffer: 64 << 20 }).toString().split('\n');
     const release = info.versions.kernel.release;
-    for (const p of ['usr/bin/node', 'usr/sbin/dockerd', 'usr/lib/berth/agent.cjs', `usr/lib/modules/${release}/modules.dep`, 'etc/berth/image.json', 'etc/berth-test', 'usr/sbin/iptables']) {
+    for (const p of ['usr/bin/node', 'usr/lib/berth/agent.cjs', `usr/lib/modules/${release}/modules.dep`, 'etc/berth/image.json', 'etc/berth-test']) {
       assert.ok(listing.includes(`squashfs-root/${p}`), `rootfs has /${p}`);
     }
-    assert.ok(info.dockerCli && (await fs.stat(info.dockerCli)).mode & 0o100);
+    assert.ok(!listing.includes('squashfs-root/usr/sbin/dockerd'), 'the engine is in the packs, not the base');
     assert.match(info.versions.node, /^18\./);
-    assert.ok(info.versions.engine['docker.io'] && info.versions.engine['docker.io'] !== 'absent');
     assert.ok(!('perl-base' in info.versions.packages), 'excluded packages are not installed');
+
+    const pack = await buildPack({ ...opts, cacheDir, force: true }, '26');
+    assert.equal(pack.versions.engineVersion.split('.')[0], '26');
+    assert.deepEqual(pack.versions.emulators, ['aarch64', 'arm', 'riscv64', 'ppc64le', 's390x']);
+    const packListing = execFileSync('unsquashfs', ['-l', pack.squashfs], { maxBuffer: 64 << 20 }).toString().split('\n');
+    for (const p of ['usr/sbin/dockerd', 'usr/sbin/iptables', 'usr/bin/qemu-aarch64', 'etc/berth/engine.json', 'usr/lib/berth/binfmt.conf']) {
+      assert.ok(packListing.includes(`squashfs-root/${p}`), `pack has /${p}`);
+    }
+    assert.ok(!packListing.includes('squashfs-root/usr/bin/qemu-mips'), 'emulators not asked for are dropped');
+    assert.ok(pack.dockerCli && (await fs.stat(pack.dockerCli)).mode & 0o100);
+    assert.ok(pack.cliPlugins['docker-compose'] && pack.cliPlugins['docker-buildx']);
 
     const t0 = performance.now();
     const again = await buildImage({ ...opts, cacheDir });

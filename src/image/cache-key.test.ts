@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BerthError } from '../util/errors.js';
-import { canonicalJson, computeImageKey } from './cache-key.js';
+import { canonicalJson, computeImageKey, snapshotPackInputs } from './cache-key.js';
 import { sampleManifest } from './manifest-fixture.js';
 
 async function fixture(): Promise<{ dir: string; opts: { manifestPath: string; guestDir: string; agentBundle: string } }> {
@@ -42,7 +42,7 @@ test('the key is stable and changes with every input', async () => {
       assert.ok(!keys.has(k), `${what} must change the key`);
       keys.add(k);
     };
-    (m.packages as { base: string[] }).base.push('tini');
+    (m.base as { packages: string[] }).packages.push('tini');
     await fs.writeFile(opts.manifestPath, JSON.stringify(m));
     await changed('a manifest change');
     await fs.appendFile(opts.agentBundle, '// more\n');
@@ -62,6 +62,44 @@ test('the key is stable and changes with every input', async () => {
     const before = await computeImageKey(opts);
     await fs.chmod(path.join(opts.guestDir, 'initramfs-init'), 0o775);
     assert.equal(await computeImageKey(opts), before);
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the base and each pack have their own keys: changing one does not rebuild the other', async () => {
+  const { dir, opts } = await fixture();
+  try {
+    const keys = async () => ({ base: await computeImageKey(opts), p26: (await snapshotPackInputs(opts, '26')).key, p20: (await snapshotPackInputs(opts, '20.10')).key });
+    const k0 = await keys();
+    assert.notEqual(k0.p26, k0.p20);
+    assert.notEqual(k0.base, k0.p26);
+    const m = sampleManifest() as { base: { packages: string[] }; packs: Array<{ packages: string[] }>; sources: { trixie: { lines: string[] } } };
+
+    m.packs[0]!.packages.push('docker-compose');
+    await fs.writeFile(opts.manifestPath, JSON.stringify(m));
+    const k1 = await keys();
+    assert.equal(k1.base, k0.base, 'a pack change keeps the base');
+    assert.equal(k1.p20, k0.p20, 'a pack change keeps the other packs');
+    assert.notEqual(k1.p26, k0.p26);
+
+    m.sources.trixie.lines.push('http://deb.debian.org/debian trixie-updates main');
+    await fs.writeFile(opts.manifestPath, JSON.stringify(m));
+    const k2 = await keys();
+    assert.equal(k2.base, k0.base, 'the base does not use that source');
+    assert.equal(k2.p20, k0.p20);
+    assert.notEqual(k2.p26, k1.p26, 'the pack of that source changes');
+
+    m.base.packages.push('tini');
+    await fs.writeFile(opts.manifestPath, JSON.stringify(m));
+    await fs.appendFile(opts.agentBundle, '// more\n');
+    await fs.appendFile(path.join(opts.guestDir, 'initramfs-init'), 'echo more\n');
+    const k3 = await keys();
+    assert.notEqual(k3.base, k2.base);
+    assert.equal(k3.p26, k2.p26, 'base packages, the agent and guest files do not rebuild a pack');
+    assert.equal(k3.p20, k2.p20);
+
+    await assert.rejects(snapshotPackInputs(opts, '19.03'), (err: unknown) => err instanceof BerthError && err.code === 'ENGINE_UNKNOWN' && /26, 20\.10/.test(err.message));
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }

@@ -3,12 +3,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BerthError, errnoCode } from '../util/errors.js';
-import { parseManifest, readManifestText, type Manifest } from './manifest.js';
+import { findPack, HOST_SOURCE, parseManifest, readManifestText, type Manifest, type PackSpec } from './manifest.js';
 
 /**
- * The image cache key (docs/image.md):
- *   sha256(builder format version ‖ builder code ‖ canonical manifest JSON ‖ sha256(agent bundle) ‖
- *          sha256 of each file under guest/)
+ * The image cache keys (docs/image.md): one for the base, one per engine pack, each over its own
+ * inputs only.
  * Same inputs → same key → the image is reused without running apt at all. Floating package
  * versions are deliberately not part of it (they are resolved at build time and recorded in
  * versions.json); pin `name=version` in the manifest to change the key with a version.
@@ -17,7 +16,7 @@ import { parseManifest, readManifestText, type Manifest } from './manifest.js';
  * to how images are assembled rebuilds them without anyone having to remember a version bump.
  * BUILDER_FORMAT remains for changes outside this folder that alter the output.
  */
-export const BUILDER_FORMAT = 'berth-image-builder/1';
+export const BUILDER_FORMAT = 'berth-image-builder/2';
 
 let builderHash: Promise<string> | undefined;
 
@@ -73,8 +72,8 @@ async function walk(dir: string, rel = ''): Promise<Array<{ rel: string; kind: '
   return out;
 }
 
-/** The inputs of one build, read once: the key and the exact bytes it was computed from. */
-export interface InputSnapshot {
+/** The inputs of one base build, read once: the key and the exact bytes it was computed from. */
+export interface BaseSnapshot {
   key: string;
   manifest: Manifest;
   /** The manifest file as read (stored in the image as manifest.json). */
@@ -83,27 +82,46 @@ export interface InputSnapshot {
   agentSha256: string;
 }
 
-/**
- * Computes the key. The manifest is hashed in canonical form (so it is validated first, and
- * reformatting it does not rebuild); when it lives inside guestDir it is not hashed a second time
- * as a plain file. For guest files only the executable bit of the mode counts: git records nothing
- * finer, and a different umask on another checkout must not change the key.
- */
-export async function computeImageKey(opts: { manifestPath: string; guestDir: string; agentBundle: string }): Promise<string> {
-  return (await snapshotInputs(opts)).key;
+/** The inputs of one pack build: the key, the manifest it was computed from, and the pack. */
+export interface PackSnapshot {
+  key: string;
+  manifest: Manifest;
+  manifestText: string;
+  pack: PackSpec;
+}
+
+export interface BaseInputPaths {
+  manifestPath: string;
+  guestDir: string;
+  agentBundle: string;
+}
+
+/** The base key. See snapshotBaseInputs. */
+export async function computeImageKey(opts: BaseInputPaths): Promise<string> {
+  return (await snapshotBaseInputs(opts)).key;
+}
+
+/** The part of the manifest an image of `source` depends on: a private source's lines, or "host". */
+function sourcePart(m: Manifest, source: string): unknown {
+  return source === HOST_SOURCE ? HOST_SOURCE : m.sources[source];
 }
 
 /**
- * The key plus the manifest and agent it covers. The builder uses these bytes rather than reading
- * the files again, so an edit during a build cannot give an image whose key describes other inputs.
+ * The base key: the builder, the manifest's base section with its source and the shared exclude
+ * and prune lists, the agent, and every file under guestDir. The packs' sections are not part of
+ * it, so adding or changing a pack does not rebuild the base. For guest files only the executable
+ * bit of the mode counts: git records nothing finer, and a different umask on another checkout must
+ * not change the key. The builder uses the bytes read here rather than reading the files again, so
+ * an edit during a build cannot give an image whose key describes other inputs.
  */
-export async function snapshotInputs(opts: { manifestPath: string; guestDir: string; agentBundle: string }): Promise<InputSnapshot> {
+export async function snapshotBaseInputs(opts: BaseInputPaths): Promise<BaseSnapshot> {
   const h = crypto.createHash('sha256');
-  h.update(`${BUILDER_FORMAT}\n`);
+  h.update(`${BUILDER_FORMAT}\nbase\n`);
   h.update(`builder ${await builderCodeHash()}\n`);
   const manifestText = await readManifestText(opts.manifestPath);
   const manifest = parseManifest(manifestText, opts.manifestPath); // a key for an invalid manifest would be useless
-  h.update(`manifest ${canonicalJson(JSON.parse(manifestText))}\n`);
+  const part = { name: manifest.name, arch: manifest.arch, base: manifest.base, source: sourcePart(manifest, manifest.base.source), exclude: manifest.exclude, prune: manifest.prune };
+  h.update(`manifest ${canonicalJson(part)}\n`);
   const agent = await readInput(opts.agentBundle, 'The guest agent bundle', 'Build berth first (`npm run build` writes dist/agent.cjs).');
   const agentSha256 = sha256(agent);
   h.update(`agent ${agentSha256}\n`);
@@ -120,4 +138,26 @@ export async function snapshotInputs(opts: { manifestPath: string; guestDir: str
     }
   }
   return { key: h.digest('hex'), manifest, manifestText, agent, agentSha256 };
+}
+
+/**
+ * A pack's key: the builder, the pack's section of the manifest with its source and the shared
+ * exclude and prune lists. Nothing of the base (kernel, agent, guest files) is part of it, so
+ * rebuilding the base does not rebuild a pack. An unknown id is ENGINE_UNKNOWN naming the packs.
+ */
+export async function snapshotPackInputs(opts: { manifestPath: string }, id: string): Promise<PackSnapshot> {
+  const manifestText = await readManifestText(opts.manifestPath);
+  const manifest = parseManifest(manifestText, opts.manifestPath);
+  const pack = findPack(manifest, id);
+  if (!pack) {
+    throw new BerthError('ENGINE_UNKNOWN', `There is no engine pack "${id}" (known: ${manifest.packs.map((p) => p.id).join(', ')}).`, {
+      hint: 'Choose one of them: `berth engine list` shows them, `berth engine use VERSION` picks one.',
+      details: { id, known: manifest.packs.map((p) => p.id) },
+    });
+  }
+  const h = crypto.createHash('sha256');
+  h.update(`${BUILDER_FORMAT}\npack\n`);
+  h.update(`builder ${await builderCodeHash()}\n`);
+  h.update(`pack ${canonicalJson({ arch: manifest.arch, pack, source: sourcePart(manifest, pack.source), exclude: manifest.exclude, prune: manifest.prune })}\n`);
+  return { key: h.digest('hex'), manifest, manifestText, pack };
 }

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { BerthError } from '../util/errors.js';
 import { createMergedUsrTree, extractAll, extractDeb, kernelReleaseOf, parseKernelRelease, parseMd5sumsKernelRelease, prune } from './extract.js';
-import { applyFixups, copyOverlay, installAgent } from './fixups.js';
+import { applyFixups, applyPackFixups, copyOverlay, installAgent, parseBinfmtDefinition } from './fixups.js';
 
 async function withTmp(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-extract-'));
@@ -118,12 +118,9 @@ test('fixups, overlay and agent', async () => {
   await withTmp(async (dir) => {
     const root = path.join(dir, 'root');
     await createMergedUsrTree(root);
-    await assert.rejects(applyFixups(root, { key: 'k', imageJson: '{}' }), (err: unknown) => err instanceof BerthError && /xtables-legacy-multi/.test(err.message));
-    await fs.writeFile(path.join(root, 'usr', 'sbin', 'xtables-legacy-multi'), '', { mode: 0o755 });
-    await fs.mkdir(path.join(root, 'etc'), { recursive: true }); // the failed run above already made etc/berth
+    await fs.mkdir(path.join(root, 'etc'), { recursive: true });
     await fs.symlink('../usr/lib/os-release', path.join(root, 'etc', 'os-release'));
     await applyFixups(root, { key: 'abc123', imageJson: '{"key":"abc123"}\n' });
-    assert.equal(await fs.readlink(path.join(root, 'usr', 'sbin', 'ip6tables-restore')), 'xtables-legacy-multi');
     assert.match(await fs.readFile(path.join(root, 'etc', 'os-release'), 'utf8'), /NAME="berth guest"[\s\S]*BERTH_IMAGE_KEY=abc123/);
     assert.match(await fs.readFile(path.join(root, 'etc', 'group'), 'utf8'), /^docker:x:999:$/m);
     assert.match(await fs.readFile(path.join(root, 'etc', 'passwd'), 'utf8'), /^root:x:0:0:/);
@@ -154,4 +151,52 @@ test('fixups, overlay and agent', async () => {
     assert.equal(await fs.readFile(agent, 'utf8'), 'agent');
     assert.equal((await fs.stat(agent)).mode & 0o7777, 0o644);
   });
+});
+
+test('pack fixups: iptables links, only the wanted emulators, their binfmt registrations', async () => {
+  await withTmp(async (dir) => {
+    const root = path.join(dir, 'root');
+    await createMergedUsrTree(root);
+    const pack = { id: '26', title: 'Docker 26', source: 'trixie', packages: ['docker.io'], emulators: ['aarch64', 'riscv64'] };
+    await assert.rejects(applyPackFixups(root, pack, '{}'), (err: unknown) => err instanceof BerthError && /xtables-legacy-multi/.test(err.message));
+    await fs.writeFile(path.join(root, 'usr', 'sbin', 'xtables-legacy-multi'), '', { mode: 0o755 });
+    const bin = path.join(root, 'usr', 'bin');
+    const conf = path.join(root, 'usr', 'share', 'qemu', 'binfmt.d');
+    const libexec = path.join(root, 'usr', 'libexec', 'qemu-binfmt');
+    await fs.mkdir(conf, { recursive: true });
+    await fs.mkdir(libexec, { recursive: true });
+    const aarch64 = ':qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF\n';
+    for (const arch of ['aarch64', 'mips', 'riscv64']) {
+      await fs.writeFile(path.join(bin, `qemu-${arch}`), 'elf', { mode: 0o755 });
+      await fs.symlink(`../../bin/qemu-${arch}`, path.join(libexec, `${arch}-binfmt-P`));
+      await fs.writeFile(path.join(conf, `qemu-${arch}.conf`), arch === 'riscv64' ? '# comment\n' + aarch64.replaceAll('aarch64', 'riscv64') : aarch64.replaceAll('aarch64', arch));
+    }
+    await fs.mkdir(path.join(root, 'etc', 'containerd'), { recursive: true });
+    await fs.writeFile(path.join(root, 'etc', 'containerd', 'config.toml'), 'from the package');
+    const r = await applyPackFixups(root, pack, '{"id":"26"}\n');
+    await assert.rejects(fs.access(path.join(root, 'etc', 'containerd', 'config.toml')), 'the base\'s containerd config must show through');
+    assert.deepEqual(r.emulators, ['aarch64', 'riscv64']);
+    assert.equal(await fs.readlink(path.join(root, 'usr', 'sbin', 'ip6tables-restore')), 'xtables-legacy-multi');
+    assert.deepEqual((await fs.readdir(bin)).sort(), ['qemu-aarch64', 'qemu-riscv64']);
+    assert.deepEqual((await fs.readdir(libexec)).sort(), ['aarch64-binfmt-P', 'riscv64-binfmt-P']);
+    assert.deepEqual((await fs.readdir(conf)).sort(), ['qemu-aarch64.conf', 'qemu-riscv64.conf']);
+    const lines = (await fs.readFile(path.join(root, 'usr', 'lib', 'berth', 'binfmt.conf'), 'utf8')).trim().split('\n');
+    assert.equal(lines.length, 2);
+    const [arch, reg] = lines[0]!.split('\t') as [string, string];
+    assert.equal(arch, 'aarch64');
+    // Debian's magic and mask, our flags: F (works in containers), C (set-uid credentials), P, O.
+    assert.equal(reg, aarch64.trim().replace(/:OPF$/, ':POCF'));
+    assert.equal(await fs.readFile(path.join(root, 'etc', 'berth', 'engine.json'), 'utf8'), '{"id":"26"}\n');
+
+    // An emulator the manifest promises but the packages lack is an error.
+    await assert.rejects(applyPackFixups(root, { ...pack, emulators: ['s390x'] }, '{}'), (err: unknown) => err instanceof BerthError && /s390x/.test(err.message));
+  });
+});
+
+test('binfmt definitions are parsed strictly', () => {
+  assert.deepEqual(parseBinfmtDefinition(':qemu-arm:M::\\x7fELF:\\xff\\xff:/usr/bin/qemu-arm:F'), { offset: '', magic: '\\x7fELF', mask: '\\xff\\xff' });
+  assert.equal(parseBinfmtDefinition(':qemu-arm:E::exe::/usr/bin/qemu-arm:F'), undefined, 'extension entries are not used');
+  assert.equal(parseBinfmtDefinition(':qemu-arm:M::\\x7fELF:\\xff:/usr/bin/qemu-arm:F:extra'), undefined);
+  assert.equal(parseBinfmtDefinition(':qemu-arm:M::\\x7f ELF:\\xff:/x:F'), undefined, 'no spaces in magic');
+  assert.equal(parseBinfmtDefinition('# only a comment\n'), undefined);
 });

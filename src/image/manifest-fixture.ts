@@ -4,19 +4,25 @@
 export function sampleManifest(): Record<string, unknown> {
   return {
     name: 'berth-guest',
-    format: 1,
+    format: 2,
     arch: 'amd64',
-    kernel: {
-      package: 'linux-image-amd64',
-      cmdline: 'console=ttyS0 quiet',
-      initramfsModules: ['virtio_blk', 'squashfs', 'overlay'],
-      modules: ['virtio_blk', 'squashfs', 'overlay', 'br_netfilter', 'xt_MASQUERADE', '9pnet_fd'],
+    sources: {
+      trixie: { keyring: '/usr/share/keyrings/debian-archive-keyring.gpg', lines: ['http://deb.debian.org/debian trixie main'] },
     },
-    packages: {
-      base: ['busybox-static', 'kmod'],
-      engine: ['docker.io', 'containerd', 'runc', 'iptables'],
-      agent: ['nodejs=18.20.4+dfsg-1~deb12u3'],
+    base: {
+      source: 'host',
+      kernel: {
+        package: 'linux-image-amd64',
+        cmdline: 'console=ttyS0 quiet',
+        initramfsModules: ['virtio_blk', 'squashfs', 'overlay'],
+        modules: ['virtio_blk', 'squashfs', 'overlay', 'br_netfilter', 'xt_MASQUERADE', '9pnet_fd'],
+      },
+      packages: ['busybox-static', 'kmod', 'nodejs=18.20.4+dfsg-1~deb12u3'],
     },
+    packs: [
+      { id: '26', title: 'Docker 26', source: 'trixie', packages: ['docker.io', 'containerd', 'runc', 'iptables', 'qemu-user'], emulators: ['aarch64'] },
+      { id: '20.10', title: 'Docker 20.10', source: 'host', packages: ['docker.io', 'containerd', 'runc', 'iptables'] },
+    ],
     exclude: ['perl', 'perl-modules-5.36', 'libpam0g'],
     prune: ['usr/share/doc', 'lib/systemd'],
   };

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { BerthError } from '../util/errors.js';
 import { sampleManifest } from './manifest-fixture.js';
-import { loadManifest, parseManifest, packageName, userlandPackages, validateManifest } from './manifest.js';
+import { findPack, loadManifest, parseManifest, packageName, validateManifest } from './manifest.js';
 
 function expectInvalid(raw: unknown, field: string): void {
   assert.throws(
@@ -30,9 +30,13 @@ function mutate(fn: (m: any) => void): unknown {
 test('a good manifest validates into the typed value', () => {
   const m = validateManifest(sampleManifest());
   assert.equal(m.name, 'berth-guest');
-  assert.equal(m.kernel.package, 'linux-image-amd64');
-  assert.deepEqual(m.packages.agent, ['nodejs=18.20.4+dfsg-1~deb12u3']);
-  assert.deepEqual(userlandPackages(m), ['busybox-static', 'kmod', 'docker.io', 'containerd', 'runc', 'iptables', 'nodejs=18.20.4+dfsg-1~deb12u3']);
+  assert.equal(m.base.kernel.package, 'linux-image-amd64');
+  assert.deepEqual(m.base.packages, ['busybox-static', 'kmod', 'nodejs=18.20.4+dfsg-1~deb12u3']);
+  assert.equal(m.base.source, 'host');
+  assert.deepEqual(m.sources.trixie?.lines, ['http://deb.debian.org/debian trixie main']);
+  assert.deepEqual(findPack(m, '26')?.emulators, ['aarch64']);
+  assert.deepEqual(findPack(m, '20.10')?.emulators, []);
+  assert.equal(findPack(m, '27'), undefined);
   assert.equal(packageName('nodejs=18.20.4+dfsg-1~deb12u3'), 'nodejs');
   assert.equal(packageName('busybox-static'), 'busybox-static');
 });
@@ -44,26 +48,38 @@ test('exclude and prune are optional', () => {
 });
 
 test('epoch versions are accepted', () => {
-  validateManifest(mutate((m) => m.packages.base.push('bsdutils=1:2.38.1-5+deb12u3')));
+  validateManifest(mutate((m) => m.base.packages.push('bsdutils=1:2.38.1-5+deb12u3')));
 });
 
 test('bad manifests name the field', () => {
   expectInvalid([], '(top level)');
-  expectInvalid(mutate((m) => (m.format = 2)), 'format');
+  expectInvalid(mutate((m) => (m.format = 1)), 'format');
   expectInvalid(mutate((m) => (m.arch = 'arm64')), 'arch');
   expectInvalid(mutate((m) => delete m.name), 'name');
-  expectInvalid(mutate((m) => delete m.kernel), 'kernel');
-  expectInvalid(mutate((m) => (m.kernel.package = 'Linux Image')), 'kernel.package');
-  expectInvalid(mutate((m) => (m.kernel.modules = 'ext4')), 'kernel.modules');
-  expectInvalid(mutate((m) => (m.kernel.modules = [])), 'kernel.modules');
-  expectInvalid(mutate((m) => m.kernel.initramfsModules.push('ext4.ko')), 'kernel.initramfsModules[3]');
-  expectInvalid(mutate((m) => (m.packages.engine[1] = 'containerd; rm -rf /')), 'packages.engine[1]');
-  expectInvalid(mutate((m) => m.packages.base.push(42)), 'packages.base[2]');
-  expectInvalid(mutate((m) => m.packages.base.push('kmod')), 'packages.base[2]');
-  expectInvalid(mutate((m) => (m.packages.agent = ['nodejs=latest'])), 'packages.agent[0]');
-  expectInvalid(mutate((m) => m.packages.agent.push('kmod=30+20221128-1')), 'packages.agent[1]');
+  expectInvalid(mutate((m) => delete m.base.kernel), 'base.kernel');
+  expectInvalid(mutate((m) => (m.base.kernel.package = 'Linux Image')), 'base.kernel.package');
+  expectInvalid(mutate((m) => (m.base.kernel.modules = 'ext4')), 'base.kernel.modules');
+  expectInvalid(mutate((m) => (m.base.kernel.modules = [])), 'base.kernel.modules');
+  expectInvalid(mutate((m) => m.base.kernel.initramfsModules.push('ext4.ko')), 'base.kernel.initramfsModules[3]');
+  expectInvalid(mutate((m) => (m.packs[0].packages[1] = 'containerd; rm -rf /')), 'packs[0].packages[1]');
+  expectInvalid(mutate((m) => m.base.packages.push(42)), 'base.packages[3]');
+  expectInvalid(mutate((m) => m.base.packages.push('kmod')), 'base.packages[3]');
+  expectInvalid(mutate((m) => (m.base.packages[2] = 'nodejs=latest')), 'base.packages[2]');
+  expectInvalid(mutate((m) => m.base.packages.push('kmod=30+20221128-1')), 'base.packages[3]');
+  expectInvalid(mutate((m) => (m.packs = [])), 'packs');
+  expectInvalid(mutate((m) => (m.packs[1].id = '26')), 'packs[1].id');
+  expectInvalid(mutate((m) => (m.packs[1].id = 'latest')), 'packs[1].id');
+  expectInvalid(mutate((m) => (m.packs[0].source = 'sid')), 'packs[0].source');
+  expectInvalid(mutate((m) => (m.base.source = 'sid')), 'base.source');
+  expectInvalid(mutate((m) => (m.packs[0].emulators = ['aarch64;rm'])), 'packs[0].emulators[0]');
+  expectInvalid(mutate((m) => (m.sources.host = m.sources.trixie)), 'sources.host');
+  expectInvalid(mutate((m) => (m.sources.trixie.lines = ['ftp://x trixie main'])), 'sources.trixie.lines[0]');
+  expectInvalid(mutate((m) => (m.sources.trixie.lines = ['http://deb.debian.org/debian trixie'])), 'sources.trixie.lines[0]');
+  expectInvalid(mutate((m) => (m.sources.trixie.keyring = 'keyring.gpg')), 'sources.trixie.keyring');
+  expectInvalid(mutate((m) => (m.sources.trixie.lines = [])), 'sources.trixie.lines');
   expectInvalid(mutate((m) => (m.exclude = ['perl=5.36'])), 'exclude[0]');
   expectInvalid(mutate((m) => m.exclude.push('kmod')), 'exclude[3]');
+  expectInvalid(mutate((m) => m.exclude.push('runc')), 'exclude[3]');
   expectInvalid(mutate((m) => (m.prune = ['../etc'])), 'prune[0]');
   expectInvalid(mutate((m) => (m.prune = ['/usr/share/doc'])), 'prune[0]');
   expectInvalid(mutate((m) => (m.prune = ['usr/share/../../etc'])), 'prune[0]');
@@ -71,8 +87,9 @@ test('bad manifests name the field', () => {
 
 test('unknown keys are refused (a misspelt "exclude" must not pass silently)', () => {
   expectInvalid(mutate((m) => (m.excludes = ['perl'])), 'excludes');
-  expectInvalid(mutate((m) => (m.kernel.module = ['ext4'])), 'kernel.module');
-  expectInvalid(mutate((m) => (m.packages.extra = ['curl'])), 'packages.extra');
+  expectInvalid(mutate((m) => (m.base.kernel.module = ['ext4'])), 'base.kernel.module');
+  expectInvalid(mutate((m) => (m.base.extra = ['curl'])), 'base.extra');
+  expectInvalid(mutate((m) => (m.packs[0].engine = 'docker')), 'packs[0].engine');
 });
 
 test('invalid JSON and unreadable files are IMAGE_MANIFEST_INVALID', async () => {

@@ -9,30 +9,62 @@ import { BerthError } from '../util/errors.js';
  */
 export interface Manifest {
   name: string;
-  /** Manifest format version; only 1 exists. */
-  format: 1;
+  /** Manifest format version: 2 (a base image plus engine version packs). */
+  format: 2;
   /** Debian architecture; only amd64 so far. */
   arch: 'amd64';
-  kernel: {
-    /** Kernel package or metapackage (linux-image-amd64). The builder finds the real image package. */
-    package: string;
-    /** Kernel command line (the daemon appends berth.* parameters). */
-    cmdline: string;
-    /** Modules copied into the initramfs and loaded by /init (their dependencies come along). */
-    initramfsModules: string[];
-    /** Modules kept in the root image (with their dependencies); all others are dropped. */
-    modules: string[];
+  /**
+   * Private apt sources by name, for the base or a pack to resolve against instead of the host's
+   * own indices (`"host"`, always available): the builder keeps their indices in its cache.
+   */
+  sources: Record<string, AptSourceSpec>;
+  /** The base image: kernel, init, agent, tools. */
+  base: {
+    /** A name from `sources`, or "host". */
+    source: string;
+    kernel: KernelSpec;
+    /** Each entry is `name`, `name=version` or `name/release` (Debian syntax). */
+    packages: string[];
   };
-  /** Package groups; each entry is `name` or `name=version` (Debian syntax). */
-  packages: {
-    base: string[];
-    engine: string[];
-    agent: string[];
-  };
-  /** Packages pulled in as dependencies but not installed into the image. */
+  /** Engine version packs, each its own read-only image overlaid on the base. At least one. */
+  packs: PackSpec[];
+  /** Packages pulled in as dependencies but not installed (base and packs). */
   exclude: string[];
-  /** Paths (relative to /) removed from the image after unpacking. */
+  /** Paths (relative to /) removed after unpacking (base and packs). */
   prune: string[];
+}
+
+export interface KernelSpec {
+  /** Kernel package or metapackage (linux-image-amd64). The builder finds the real image package. */
+  package: string;
+  /** Where the kernel comes from when not from the base's source: a name from `sources`, or "host". */
+  source?: string;
+  /** Kernel command line (the daemon appends berth.* parameters). */
+  cmdline: string;
+  /** Modules copied into the initramfs and loaded by /init (their dependencies come along). */
+  initramfsModules: string[];
+  /** Modules kept in the root image (with their dependencies); all others are dropped. */
+  modules: string[];
+}
+
+export interface AptSourceSpec {
+  /** The OpenPGP keyring that signs the suites (an absolute path on the build host). */
+  keyring: string;
+  /** One-line sources without "deb": `URI SUITE COMPONENT...`. */
+  lines: string[];
+}
+
+export interface PackSpec {
+  /** What `engine.version` names: the engine's major.minor, e.g. "26" or "20.10". */
+  id: string;
+  /** Shown by `berth engine list`. */
+  title: string;
+  /** A name from `sources`, or "host". */
+  source: string;
+  /** The engine's packages (docker.io first), installed with their whole closure. */
+  packages: string[];
+  /** qemu-user emulators kept for binfmt_misc (e.g. "aarch64"); the others are dropped. */
+  emulators: string[];
 }
 
 /** `name`, `name=version` (Debian policy 5.6.1 / 5.6.12) or `name/release` (apt's target release, e.g. bookworm-backports). */
@@ -42,9 +74,19 @@ const MODULE_NAME = /^[A-Za-z0-9_-]+$/;
 /** Relative, no "..", no leading "/", no empty segments. */
 const SAFE_REL_PATH = /^(?!\/)(?!.*\/\/)(?!.*(^|\/)\.\.?(\/|$))[A-Za-z0-9._+@/-]+$/;
 
-const TOP_KEYS = ['name', 'format', 'arch', 'kernel', 'packages', 'exclude', 'prune'];
-const KERNEL_KEYS = ['package', 'cmdline', 'initramfsModules', 'modules'];
-const PACKAGE_GROUPS = ['base', 'engine', 'agent'] as const;
+const TOP_KEYS = ['name', 'format', 'arch', 'sources', 'base', 'packs', 'exclude', 'prune'];
+const KERNEL_KEYS = ['package', 'source', 'cmdline', 'initramfsModules', 'modules'];
+const BASE_KEYS = ['source', 'kernel', 'packages'];
+const PACK_KEYS = ['id', 'title', 'source', 'packages', 'emulators'];
+const SOURCE_KEYS = ['keyring', 'lines'];
+/** The source name that means the build host's own apt indices. */
+export const HOST_SOURCE = 'host';
+/** A pack id: the engine's version as users type it ("26", "20.10"). */
+export const PACK_ID = /^[0-9]+(\.[0-9]+)?$/;
+const SOURCE_NAME = /^[a-z][a-z0-9-]*$/;
+/** `URI SUITE COMPONENT...` with an http(s) URI and Debian-style suite and component names. */
+const SOURCE_LINE = /^https?:\/\/[A-Za-z0-9._~:/%-]+( [a-z0-9][a-z0-9.-]*){2,}$/;
+const EMULATOR = /^[a-z0-9_]+$/;
 
 export async function loadManifest(file: string): Promise<Manifest> {
   return parseManifest(await readManifestText(file), file);
@@ -108,49 +150,85 @@ export function validateManifest(raw: unknown, file = 'manifest.json'): Manifest
   };
 
   const m = obj(raw, '(top level)', TOP_KEYS);
-  if (m.format !== 1) bad('format', 'must be 1 (the only manifest format this berth understands)');
+  if (m.format !== 2) bad('format', 'must be 2 (a base plus engine packs: the only manifest format this berth understands)');
   if (m.arch !== 'amd64') bad('arch', 'must be "amd64" (the only architecture supported so far)');
-  const kernel = obj(m.kernel, 'kernel', KERNEL_KEYS);
-  const packages = obj(m.packages, 'packages', PACKAGE_GROUPS);
   const spec = 'a Debian package name, name=version or name/release';
+  const sourcesRaw = m.sources === undefined ? {} : obj(m.sources, 'sources', Object.keys(m.sources ?? {}));
+  const sources: Record<string, AptSourceSpec> = {};
+  for (const [name, v] of Object.entries(sourcesRaw)) {
+    if (!SOURCE_NAME.test(name) || name === HOST_SOURCE) bad(`sources.${name}`, `is not a usable source name (lower-case letters, digits and "-"; "${HOST_SOURCE}" is reserved)`);
+    const src = obj(v, `sources.${name}`, SOURCE_KEYS);
+    const keyring = str(src.keyring, `sources.${name}.keyring`, /^\/[A-Za-z0-9._/-]+$/, 'an absolute path');
+    const lines = list(src.lines, `sources.${name}.lines`, SOURCE_LINE, '"URI SUITE COMPONENT..." lines');
+    if (lines.length === 0) bad(`sources.${name}.lines`, 'must name at least one suite');
+    sources[name] = { keyring, lines };
+  }
+  const sourceRef = (v: unknown, field: string): string => {
+    const s = str(v, field);
+    if (s !== HOST_SOURCE && !(s in sources)) bad(field, `names the source ${JSON.stringify(s)}, which "sources" does not define (nor is it "${HOST_SOURCE}")`);
+    return s;
+  };
+  const base = obj(m.base, 'base', BASE_KEYS);
+  const kernel = obj(base.kernel, 'base.kernel', KERNEL_KEYS);
+  if (!Array.isArray(m.packs) || m.packs.length === 0) bad('packs', 'must be a list of at least one engine pack');
+  const packs = (m.packs as unknown[]).map((p, i): PackSpec => {
+    const f = `packs[${i}]`;
+    const o = obj(p, f, PACK_KEYS);
+    return {
+      id: str(o.id, `${f}.id`, PACK_ID, 'a version such as "26" or "20.10"'),
+      title: str(o.title, `${f}.title`),
+      source: sourceRef(o.source, `${f}.source`),
+      packages: list(o.packages, `${f}.packages`, PACKAGE_SPEC, spec),
+      emulators: o.emulators === undefined ? [] : list(o.emulators, `${f}.emulators`, EMULATOR, 'qemu-user emulator names (aarch64, arm, ...)'),
+    };
+  });
   const out: Manifest = {
     name: str(m.name, 'name', /^[A-Za-z0-9._-]+$/, 'a name of letters, digits, ".", "_" or "-"'),
-    format: 1,
+    format: 2,
     arch: 'amd64',
-    kernel: {
-      package: str(kernel.package, 'kernel.package', PACKAGE_SPEC, spec),
-      cmdline: str(kernel.cmdline, 'kernel.cmdline'),
-      initramfsModules: list(kernel.initramfsModules, 'kernel.initramfsModules', MODULE_NAME, 'kernel module names'),
-      modules: list(kernel.modules, 'kernel.modules', MODULE_NAME, 'kernel module names'),
+    sources,
+    base: {
+      source: sourceRef(base.source, 'base.source'),
+      kernel: {
+        package: str(kernel.package, 'base.kernel.package', PACKAGE_SPEC, spec),
+        ...(kernel.source === undefined ? {} : { source: sourceRef(kernel.source, 'base.kernel.source') }),
+        cmdline: str(kernel.cmdline, 'base.kernel.cmdline'),
+        initramfsModules: list(kernel.initramfsModules, 'base.kernel.initramfsModules', MODULE_NAME, 'kernel module names'),
+        modules: list(kernel.modules, 'base.kernel.modules', MODULE_NAME, 'kernel module names'),
+      },
+      packages: list(base.packages, 'base.packages', PACKAGE_SPEC, spec),
     },
-    packages: {
-      base: list(packages.base, 'packages.base', PACKAGE_SPEC, spec),
-      engine: list(packages.engine, 'packages.engine', PACKAGE_SPEC, spec),
-      agent: list(packages.agent, 'packages.agent', PACKAGE_SPEC, spec),
-    },
+    packs,
     exclude: m.exclude === undefined ? [] : list(m.exclude, 'exclude', PACKAGE_NAME, 'package names (no versions)'),
     prune: m.prune === undefined ? [] : list(m.prune, 'prune', SAFE_REL_PATH, 'relative paths inside the image (no "..", no leading "/")'),
   };
-  // One package named twice (say "tini" and "tini=0.19") leaves apt to pick; refuse it instead.
-  const wanted = new Map<string, string>();
-  for (const g of PACKAGE_GROUPS) {
-    out.packages[g].forEach((spec, i) => {
-      const name = packageName(spec);
-      if (wanted.has(name)) bad(`packages.${g}[${i}]`, `names ${name} a second time`);
-      wanted.set(name, spec);
-    });
-  }
-  // A package both wanted and excluded would silently vanish from the image.
-  out.exclude.forEach((name, i) => {
-    if (wanted.has(name)) bad(`exclude[${i}]`, `excludes ${name}, which packages.* asks for`);
+  const ids = new Set<string>();
+  packs.forEach((p, i) => {
+    if (ids.has(p.id)) bad(`packs[${i}].id`, `repeats ${JSON.stringify(p.id)}`);
+    ids.add(p.id);
   });
-  if (out.kernel.modules.length === 0) bad('kernel.modules', 'must name at least one module');
+  // One package named twice (say "tini" and "tini=0.19") leaves apt to pick; refuse it instead. A
+  // package both wanted and excluded would silently vanish from the image.
+  const checkGroup = (specs: string[], field: string): void => {
+    const wanted = new Set<string>();
+    specs.forEach((s, i) => {
+      const name = packageName(s);
+      if (wanted.has(name)) bad(`${field}[${i}]`, `names ${name} a second time`);
+      wanted.add(name);
+    });
+    out.exclude.forEach((name, i) => {
+      if (wanted.has(name)) bad(`exclude[${i}]`, `excludes ${name}, which ${field} asks for`);
+    });
+  };
+  checkGroup(out.base.packages, 'base.packages');
+  packs.forEach((p, i) => checkGroup(p.packages, `packs[${i}].packages`));
+  if (out.base.kernel.modules.length === 0) bad('base.kernel.modules', 'must name at least one module');
   return out;
 }
 
-/** All userland package specs of the manifest, in group order. */
-export function userlandPackages(m: Manifest): string[] {
-  return PACKAGE_GROUPS.flatMap((g) => m.packages[g]);
+/** The pack `id`, or undefined. */
+export function findPack(m: Manifest, id: string): PackSpec | undefined {
+  return m.packs.find((p) => p.id === id);
 }
 
 /** Package name without the `=version` pin or `/release`. */

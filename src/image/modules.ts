@@ -101,6 +101,25 @@ export interface PreparedModules {
 }
 
 /**
+ * Debian 13's kernel packages ship their modules under usr/lib/modules (merged /usr); Debian 12's
+ * under lib/modules, where the host's depmod -b looks. A kernel tree without lib/ gets lib -> usr/lib.
+ */
+async function mergeKernelUsr(kernelRoot: string): Promise<void> {
+  try {
+    await fs.lstat(path.join(kernelRoot, 'lib'));
+    return;
+  } catch {
+    // no lib/: merged /usr
+  }
+  try {
+    await fs.access(path.join(kernelRoot, 'usr', 'lib', 'modules'));
+  } catch {
+    return; // neither: depmod reports it
+  }
+  await fs.symlink('usr/lib', path.join(kernelRoot, 'lib'));
+}
+
+/**
  * `kernelRoot` is the unpacked kernel package (lib/modules/<release>/...); `imageRoot` the merged-/usr
  * image tree. Copies the closure of `modules` into imageRoot/usr/lib/modules/<release>/ (same
  * relative paths) with the metadata files, and runs depmod on both trees.
@@ -116,6 +135,7 @@ export async function prepareModules(
   const depmod = (base: string, what: string) =>
     runTool(toolPath('depmod'), ['-b', base, release], { code: 'IMAGE_BUILD_FAILED', what: `Image build failed at step "modules" (depmod on the ${what})`, signal });
   const src = path.join(kernelRoot, 'lib', 'modules', release);
+  await mergeKernelUsr(kernelRoot);
   await depmod(kernelRoot, 'kernel package');
   const dep = parseModulesDep(await fs.readFile(path.join(src, 'modules.dep'), 'utf8'));
   const builtin = parseModulesBuiltin(await fs.readFile(path.join(src, 'modules.builtin'), 'utf8').catch(() => ''));

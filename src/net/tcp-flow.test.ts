@@ -921,6 +921,28 @@ test('published port: SYN into the guest (MSS, WS), handshake, data both ways', 
   g.assertClean();
 });
 
+test('published port: a guest ISS just below 2^31 gets a sane window in the handshake ACK (the right edge starts at what our SYN offered)', async (t) => {
+  const srv = await hostServer();
+  const g = new FakeGuest({ mtu: 1500 });
+  fresh(t, g, srv);
+  const client = net.connect({ host: '127.0.0.1', port: srv.port });
+  t.after(() => client.destroy());
+  const accepted = await srv.accepted();
+  accepted.pause();
+  g.input(tcpFrame({ dst: HOST_ALIAS, sport: 1, dport: 1, seq: 0, flags: RST }));
+  assert.equal(g.stack.openTcpToGuest(GUEST_IP, 80, accepted), true);
+  const syn = (await g.next((f) => f.tcp !== undefined && (f.tcp.flags & SYN) !== 0)).tcp!;
+  // rcv.nxt within the receive budget below 2^31: the right edge of 0 looked "ahead" of it, and
+  // the window came out negative (a RangeError that crashed the translator).
+  const iss = 0x7fffff00;
+  const c = g.conn({ dst: HOST_ALIAS, dport: syn.sport, sport: 80, iss, wscale: 2, window: 8192 });
+  g.input(c.frame({ flags: SYN | ACK, seq: iss, ack: sadd(syn.seq, 1), options: tcpOptions({ mss: 1460, wscale: 2 }) }));
+  const ack = await c.next();
+  assert.equal(ack.flags, ACK);
+  assert.equal(ack.ack, sadd(iss, 1));
+  assert.ok(ack.window > 0 && ack.window <= 65535, `window field ${ack.window}`);
+});
+
 test('a flow to the file server\'s Unix socket (gateway:564): data both ways; closing the stack with it open does not throw (ERR_INVALID_HANDLE_TYPE)', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-unixflow-'));
   const sockPath = path.join(dir, '9p.sock');

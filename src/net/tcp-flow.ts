@@ -16,6 +16,9 @@ import { ACK, buildTcpFrame, FIN, PSH, RST, seqAdd, seqDiff, seqLeq, seqLt, SYN,
  * The flow never keeps TIME_WAIT: it is `closed` (and forgotten by TcpService) once both directions
  * have ended and our FIN is acknowledged, or on a reset either way.
  */
+
+/** The window our own SYN offers (a SYN's window is never scaled, RFC 7323 §2.2). */
+const SYN_WINDOW = 65535;
 export type FlowState = 'connecting' | 'synSent' | 'synReceived' | 'established' | 'closed';
 
 /** What a flow needs from the service that owns it. */
@@ -177,7 +180,7 @@ export class TcpFlow {
   }
 
   private sendSyn(): void {
-    this.emit({ seq: this.iss, ack: 0, flags: SYN, window: 65535, mss: this.limits.mss, wscale: this.limits.windowScale });
+    this.emit({ seq: this.iss, ack: 0, flags: SYN, window: SYN_WINDOW, mss: this.limits.mss, wscale: this.limits.windowScale });
     this.armRto();
   }
 
@@ -235,6 +238,8 @@ export class TcpFlow {
       return;
     }
     this.rcvNxt = seqAdd(seg.seq, 1);
+    // What our SYN offered (its window is never scaled): the right edge the guest knows so far.
+    this.rcvRightEdge = seqAdd(this.rcvNxt, SYN_WINDOW);
     this.guestMss = clampMss(seg.mss);
     this.takeScaling(seg);
     this.sndUna = seg.ack;
@@ -507,6 +512,7 @@ export class TcpFlow {
     const max = 65535 << this.rcvScale;
     win = Math.min(win, max);
     if (seqLt(seqAdd(this.rcvNxt, win), this.rcvRightEdge)) win = seqDiff(this.rcvRightEdge, this.rcvNxt);
+    win = Math.max(0, win); // a right edge behind rcv.nxt cannot make the field negative
     // Round up, not down, to the scale unit, so the right edge the guest computes never moves left.
     const field = Math.min(65535, Math.ceil(win / 2 ** this.rcvScale));
     const advertised = field * 2 ** this.rcvScale;

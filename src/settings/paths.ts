@@ -37,6 +37,10 @@ export interface BerthPaths {
   engineLog: string;
   disksDir: string;
   dataDisk: string;
+  /** Which engine last wrote the data disk, and the snapshot taken before the last upgrade (docs/engine-packs.md). */
+  engineStamp: string;
+  /** Copies of the running pack's docker CLI plugins, linked from the user's docker config. */
+  cliPluginsDir: string;
 }
 
 export function resolvePaths(env: NodeJS.ProcessEnv = process.env): BerthPaths {
@@ -71,6 +75,8 @@ export function resolvePaths(env: NodeJS.ProcessEnv = process.env): BerthPaths {
     engineLog: path.join(logsDir, 'engine.log'),
     disksDir,
     dataDisk: path.join(disksDir, 'data.qcow2'),
+    engineStamp: path.join(disksDir, 'engine.json'),
+    cliPluginsDir: path.join(home, 'cli-plugins'),
   };
 }
 

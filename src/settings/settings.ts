@@ -44,6 +44,14 @@ export interface Settings {
    * "What a body may name"). The VM's disks are never allowed.
    */
   vmPaths: string[];
+  /**
+   * The engine version pack the VM boots (an id from guest/manifest.json's packs, `berth engine
+   * list`). A change takes effect at the next start; a switch to an engine older than the one that
+   * last wrote the data disk is refused (docs/engine-packs.md).
+   */
+  'engine.version': string;
+  /** Link the engine's docker CLI plugins (compose, buildx) into ~/.docker/cli-plugins where the user has none. */
+  'docker.cliPlugins': boolean;
 }
 
 export interface ShareSetting {
@@ -71,9 +79,14 @@ export const SETTING_KEYS = [
   'ports.defaultAddress',
   'ports.extra',
   'shares',
+  'engine.version',
+  'docker.cliPlugins',
   'vmPaths',
 ] as const;
 export type SettingKey = (typeof SETTING_KEYS)[number];
+
+/** The engine pack used unless engine.version says otherwise (a pack of guest/manifest.json). */
+export const DEFAULT_ENGINE = '26';
 
 export function defaultSettings(): Settings {
   return {
@@ -92,6 +105,8 @@ export function defaultSettings(): Settings {
     'ports.extra': [],
     shares: [{ path: os.homedir() }, { path: os.tmpdir() }],
     vmPaths: ['/var/run/docker.sock', '/run/docker.sock', '/dev/fuse', '/dev/net/tun'],
+    'engine.version': DEFAULT_ENGINE,
+    'docker.cliPlugins': true,
   };
 }
 
@@ -122,6 +137,8 @@ const RULES: Record<SettingKey, Rule> = {
   'network.backend': { check: (v) => (v === 'berth' || v === 'qemu-user' ? undefined : '"berth" or "qemu-user"') },
   'ports.defaultAddress': { check: (v) => (v === '127.0.0.1' || v === '0.0.0.0' ? undefined : '"127.0.0.1" or "0.0.0.0"') },
   shares: { check: sharesProblem },
+  'docker.cliPlugins': boolRule(),
+  'engine.version': { check: (v) => (typeof v === 'string' && /^[0-9]+(\.[0-9]+)?$/.test(v) ? undefined : 'an engine version such as "26" or "20.10" (`berth engine list`)') },
   vmPaths: {
     check: (v) => {
       const what = 'a list of at most 64 absolute paths of the VM, like ["/var/run/docker.sock", "/dev/fuse"]';
@@ -282,7 +299,8 @@ export async function setSetting(file: string, key: string, value: string): Prom
       throw err;
     }
   }
-  const parsedValue = parseValue(value);
+  // A version such as 26 reads as a number, but the setting is a string.
+  const parsedValue = key === 'engine.version' ? value : parseValue(value);
   const next = { ...current, [key]: parsedValue };
   const settings = validateSettings(next, file);
   await fs.mkdir(path.dirname(file), { recursive: true });

@@ -4,7 +4,7 @@ import { buildQemuArgs, uuidFromTag, type VmConfig } from './qemu-args.js';
 
 const cfg: VmConfig = {
   network: { kind: 'stream', socket: '/h/run/net.sock', mac: '02:b3:27:00:00:02', mtu: 65520 },
-  accelerator: 'tcg', cpus: 2, memoryMiB: 2048, vmlinux: '/c/vmlinux', initramfs: '/c/initramfs.cpio', rootfs: '/c/root,fs.squashfs',
+  accelerator: 'tcg', cpus: 2, memoryMiB: 2048, vmlinux: '/c/vmlinux', initramfs: '/c/initramfs.cpio', rootfs: '/c/root,fs.squashfs', pack: '/c/pack.squashfs',
   dataDisk: '/h/data.qcow2', cmdline: 'console=ttyS0', qmpSocket: '/h/run/qmp.sock', controlSocket: '/h/run/control.sock',
   serialLog: '/h/logs/vm.log', pidFile: '/h/run/qemu.pid', instanceTag: '/h',
 };
@@ -13,7 +13,7 @@ const values = (args: string[], flag: string) => args.flatMap((a, i) => (a === f
 
 test('every drive names its format and none ignores flushes (GHSA-f7qw-jj9c-rpq9, crash safety)', () => {
   const drives = values(buildQemuArgs(cfg), '-drive');
-  assert.equal(drives.length, 2);
+  assert.equal(drives.length, 3);
   for (const d of drives) {
     assert.match(d, /(^|,)format=(raw|qcow2)(,|$)/);
     assert.doesNotMatch(d, /cache=unsafe/);

@@ -18,6 +18,8 @@ export interface VmConfig extends MachineSpec {
   vmlinux: string;
   initramfs: string;
   rootfs: string;
+  /** The engine version pack (squashfs), laid over the root by the initramfs. */
+  pack: string;
   dataDisk: string;
   cmdline: string;
   qmpSocket: string;
@@ -51,6 +53,8 @@ export function buildQemuArgs(c: VmConfig): string[] {
     ...kernelArgs(c.accelerator, c.vmlinux, c.initramfs, c.cmdline),
     '-drive', `if=none,id=root,file=${opt(c.rootfs)},format=raw,readonly=on`,
     '-device', 'virtio-blk-pci,drive=root,serial=berth-root',
+    '-drive', `if=none,id=engine,file=${opt(c.pack)},format=raw,readonly=on`,
+    '-device', 'virtio-blk-pci,drive=engine,serial=berth-engine',
     // writeback (QEMU's default cache mode) honours guest flushes: an fsync in the guest reaches
     // the host disk. discard lets fstrim in the guest give space back to the sparse qcow2.
     '-drive', `if=none,id=data,file=${opt(c.dataDisk)},format=qcow2,discard=unmap,detect-zeroes=unmap`,

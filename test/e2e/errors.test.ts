@@ -73,7 +73,7 @@ describe('errors', { timeout: 900_000 }, () => {
     const guest = fs.mkdtempSync('/tmp/berth-guest-');
     fs.cpSync(path.join(repoRoot, 'guest'), guest, { recursive: true });
     const manifest = JSON.parse(fs.readFileSync(path.join(guest, 'manifest.json'), 'utf8'));
-    manifest.packages.base.push('berth-no-such-package');
+    manifest.base.packages.push('berth-no-such-package');
     fs.writeFileSync(path.join(guest, 'manifest.json'), JSON.stringify(manifest));
     const b = inst('badimage', { BERTH_GUEST_DIR: guest });
     // The image cache is shared: only partial images this test leaves count (another build may

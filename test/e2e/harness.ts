@@ -76,18 +76,18 @@ export function newInstance(name: string, extraEnv: NodeJS.ProcessEnv = {}): Ins
   return inst;
 }
 
-/** The docker CLI: the host's if installed, else the one the image builder extracted. */
+/** The docker CLI: the host's if installed, else the one an engine pack carries. */
 export function dockerCli(): string {
   for (const dir of (process.env.PATH ?? '').split(':')) {
     const p = path.join(dir, 'docker');
     if (dir && fs.existsSync(p)) return p;
   }
-  const images = path.join(cacheDir(), 'images');
-  for (const d of fs.existsSync(images) ? fs.readdirSync(images) : []) {
-    const p = path.join(images, d, 'docker');
+  const packs = path.join(cacheDir(), 'packs');
+  for (const d of fs.existsSync(packs) ? fs.readdirSync(packs) : []) {
+    const p = path.join(packs, d, 'docker');
     if (fs.existsSync(p)) return p;
   }
-  throw new Error('no docker CLI on PATH and no image with one: run `bin/berth image build` first');
+  throw new Error('no docker CLI on PATH and no engine pack with one: run `bin/berth image build` first');
 }
 
 export function cacheDir(): string {
@@ -138,7 +138,7 @@ export function daemonPid(home: string): number | undefined {
  */
 export async function busyboxRootfsTar(): Promise<Buffer> {
   const debs = path.join(cacheDir(), 'debs');
-  const deb = fs.readdirSync(debs).find((f) => f.startsWith('busybox-static_') && f.endsWith('.deb'));
+  const deb = fs.readdirSync(debs).find((f) => f.startsWith('busybox-static_') && f.endsWith('_amd64.deb'));
   if (!deb) throw new Error(`busybox-static .deb not found in ${debs}: build the image first`);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-bb-'));
   try {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { downloadPackages, prepareAptState, resolveClosure } from '../../src/image/apt.js';
+import { downloadPackages, prepareAptState, resolveClosure, updatePrivateIndices, type AptContext } from '../../src/image/apt.js';
 import { createMergedUsrTree, extractDeb } from '../../src/image/extract.js';
 import { cacheDir, run } from './harness.js';
 
@@ -15,17 +15,27 @@ import { cacheDir, run } from './harness.js';
  * packages asked for with their dependencies (socat for UDP and TCP services, inotify-tools for
  * file watching, ...). Tarballs are cached in $BERTH_CACHE/test-images by package list.
  */
-export async function debianImageTar(packages: string[]): Promise<Buffer> {
+export async function debianImageTar(packages: string[], opts: { arch?: 'arm64'; setuid?: string[] } = {}): Promise<Buffer> {
   const wanted = ['busybox-static', ...packages].sort();
-  const key = createHash('sha256').update(wanted.join(' ')).digest('hex').slice(0, 16);
+  const key = createHash('sha256').update([opts.arch ?? 'native', ...wanted, '--setuid', ...(opts.setuid ?? [])].join(' ')).digest('hex').slice(0, 16);
   const dir = path.join(cacheDir(), 'test-images');
   const tarFile = path.join(dir, `${key}.tar`);
   if (fs.existsSync(tarFile)) return fs.readFileSync(tarFile);
   fs.mkdirSync(dir, { recursive: true });
   const work = fs.mkdtempSync(path.join(dir, `build-${key}-`));
   try {
-    const apt = { stateDir: path.join(work, 'apt'), debsDir: path.join(cacheDir(), 'debs') };
+    const apt: AptContext = { stateDir: path.join(work, 'apt'), debsDir: path.join(cacheDir(), 'debs') };
+    if (opts.arch) {
+      // Another architecture's packages come from Debian's mirror through a private apt state.
+      apt.arch = opts.arch;
+      apt.source = {
+        name: `bookworm-${opts.arch}`,
+        spec: { keyring: '/usr/share/keyrings/debian-archive-keyring.gpg', lines: ['http://deb.debian.org/debian bookworm main'] },
+        listsDir: path.join(cacheDir(), 'apt', `test-bookworm-${opts.arch}`, 'lists'),
+      };
+    }
     await prepareAptState(apt);
+    await updatePrivateIndices(apt);
     const closure = await resolveClosure(apt, wanted);
     await downloadPackages(apt, closure, () => {});
     const root = path.join(work, 'root');
@@ -38,6 +48,13 @@ export async function debianImageTar(packages: string[]): Promise<Buffer> {
     for (const applet of list.stdout.split('\n').filter(Boolean)) {
       const link = path.join(root, 'usr', 'bin', applet);
       if (applet !== 'busybox' && !fs.existsSync(link) && !fs.existsSync(path.join(root, 'usr', 'sbin', applet))) fs.symlinkSync('busybox', link);
+    }
+    // Set-uid copies, as `sudo` is: /usr/local/bin/<name>-suid, root-owned, mode 4755.
+    for (const prog of opts.setuid ?? []) {
+      const to = path.join(root, 'usr', 'local', 'bin', `${prog}-suid`);
+      fs.mkdirSync(path.dirname(to), { recursive: true });
+      fs.copyFileSync(path.join(root, 'usr', 'bin', prog), to);
+      fs.chmodSync(to, 0o4755);
     }
     fs.writeFileSync(path.join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
     fs.writeFileSync(path.join(root, 'etc', 'group'), 'root:x:0:\nnogroup:x:65534:\n');
