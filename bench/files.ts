@@ -82,7 +82,8 @@ const MOUNTED: Backend[] = ['berth-mounted', 'berth-cached'];
 type Workload = 'walk' | 'walkAgain' | 'read' | 'bigRead' | 'bigWrite' | 'untar';
 const WORKLOADS: Workload[] = ['walk', 'walkAgain', 'read', 'bigRead', 'bigWrite', 'untar'];
 
-export async function benchFiles(runs: number, sizes: FilesSizes = FILES_SIZES): Promise<BenchResult> {
+/** `variant`: extra environment (BERTH_GUEST_DIR for another kernel) and its name in the title. */
+export async function benchFiles(runs: number, sizes: FilesSizes = FILES_SIZES, variant: { name: string; env: NodeJS.ProcessEnv } = { name: '', env: {} }): Promise<BenchResult> {
   const root = fs.mkdtempSync('/tmp/berth-benchfs-');
   const dirs: Record<Backend, string> = {
     'virtio-9p': path.join(root, 'virtio-9p'),
@@ -91,7 +92,7 @@ export async function benchFiles(runs: number, sizes: FilesSizes = FILES_SIZES):
     'berth-cached': path.join(root, 'berth-cached'),
   };
   const home = path.join(root, 'home');
-  const env: NodeJS.ProcessEnv = { ...process.env, BERTH_HOME: home, DOCKER_CONFIG: path.join(home, 'docker') };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...variant.env, BERTH_HOME: home, DOCKER_CONFIG: path.join(home, 'docker') };
   delete env.DOCKER_HOST;
   const measured = new Map<Backend, Map<Workload, number[]>>(BACKENDS.map((b) => [b, new Map(WORKLOADS.map((w) => [w, []]))]));
   /** Why a backend was not measured at all, or one workload on it. */
@@ -170,7 +171,7 @@ export async function benchFiles(runs: number, sizes: FilesSizes = FILES_SIZES):
     }
   }
   return {
-    title: `File sharing, run in the VM's shell (TCG, ${runs} runs per backend, medians; virtio-9p cache=none; berth cache=mmap, a folder no container uses; berth-mounted cache=mmap, bind-mounted by a running container, so pinned for change events; berth-cached cache=loose, bind-mounted by that container and kept fresh by change events)`,
+    title: `File sharing${variant.name ? `, ${variant.name}` : ''}, run in the VM's shell (TCG, ${runs} runs per backend, medians; virtio-9p cache=none; berth cache=mmap, a folder no container uses; berth-mounted cache=mmap, bind-mounted by a running container, so pinned for change events; berth-cached cache=loose, bind-mounted by that container and kept fresh by change events)`,
     rows,
   };
 }

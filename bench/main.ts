@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { benchStart } from './start.js';
+import { benchStart, makeKernelVariant } from './start.js';
 import { benchNet } from './net.js';
 import { benchFiles } from './files.js';
 import { benchFileserver } from './fileserver.js';
@@ -20,7 +20,16 @@ const results: BenchResult[] = [];
 
 if (want('start')) results.push(await benchStart(runs));
 if (want('net')) results.push(await benchNet(Math.min(runs, 3)));
-if (want('files')) results.push(await benchFiles(Math.min(runs, 3)));
+if (want('files')) {
+  results.push(await benchFiles(Math.min(runs, 3), undefined, { name: "Debian 12's kernel (6.1, the base's)", env: {} }));
+  // The kernel comparison (docs/performance.md "Kernel"): the same guest but for Debian 13's kernel.
+  const k612 = makeKernelVariant(path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'guest'));
+  try {
+    results.push(await benchFiles(Math.min(runs, 3), undefined, { name: "Debian 13's kernel (6.12)", env: { BERTH_GUEST_DIR: k612 } }));
+  } finally {
+    fs.rmSync(k612, { recursive: true, force: true });
+  }
+}
 if (want('fileserver')) results.push(await benchFileserver(runs));
 if (want('proxy')) results.push(await benchProxy(runs));
 

@@ -26,6 +26,11 @@ export interface CommandOptions {
   'image build': { force: boolean };
   'settings get': { key: SettingKey | undefined };
   'settings set': { key: SettingKey; value: string };
+  'engine list': {};
+  'engine use': { version: string; restart: boolean; force: boolean };
+  'engine rollback': {};
+  'docker-config show': {};
+  'docker-config remove': {};
 }
 
 export type CommandId = keyof CommandOptions;
@@ -176,6 +181,34 @@ export const COMMANDS: CommandSpec[] = [
       }),
     ],
     { default: 'settings get' },
+  ),
+  group(
+    'engine',
+    'The Docker engine version packs (docs/engine-packs.md)',
+    [
+      leaf('engine list', { describe: 'The engines: which is selected, built, running, and which last wrote the data disk' }),
+      leaf('engine use', {
+        describe: 'Choose the engine for the next start (an older one than the data disk\'s is refused)',
+        args: '<version>',
+        positionals: { version: { type: 'string', describe: 'An engine version from `berth engine list`, e.g. 26 or 20.10' } },
+        options: {
+          restart: { type: 'boolean', describe: 'Restart berth now if it runs another engine' },
+          force: { type: 'boolean', describe: 'Allow an engine older than the one that last wrote the data disk, once' },
+        },
+        parse: (raw) => ({ version: text(raw, 'version') ?? '', restart: flag(raw, 'restart'), force: flag(raw, 'force') }),
+      }),
+      leaf('engine rollback', { describe: 'Restore the data disk as it was before the last engine upgrade (berth stopped)' }),
+    ],
+    { default: 'engine list' },
+  ),
+  group(
+    'docker-config',
+    "What berth adds to the user's docker configuration: the `berth` context and the compose and buildx plugin links",
+    [
+      leaf('docker-config show', { describe: 'Show what berth added to the docker configuration' }),
+      leaf('docker-config remove', { describe: 'Remove the `berth` context and berth\'s plugin links (the user\'s own plugins stay)' }),
+    ],
+    { default: 'docker-config show' },
   ),
   // A new command or group goes here (and its options in CommandOptions, its handler in main.ts).
 ];

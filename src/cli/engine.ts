@@ -2,11 +2,12 @@ import { findPack, loadManifest } from '../image/index.js';
 import { imageInputs } from '../daemon/image-source.js';
 import type { StatusReport } from '../daemon/api-types.js';
 import { classifySwitch, downgradeError, readStamp, writeStamp } from '../engine/stamp.js';
-import { applySnapshot, deleteSnapshot } from '../engine/snapshot.js';
+import { applySnapshot, deleteSnapshot, listSnapshots } from '../engine/snapshot.js';
 import type { BerthPaths } from '../settings/paths.js';
 import { readSettings, setSetting } from '../settings/settings.js';
 import { BerthError } from '../util/errors.js';
 import { findQemu } from '../vm/qemu-binary.js';
+import { isOurQemu, readPid } from '../vm/qemu-process.js';
 import { DaemonClient } from './daemon-client.js';
 import type { Out } from './render.js';
 
@@ -104,7 +105,9 @@ export async function engineUse(
 
 export async function engineRollback(paths: BerthPaths, opts: { json: boolean }, out: Out): Promise<number> {
   const running = await runningStatus(paths);
-  if (running && running.state !== 'stopped') {
+  const qemuPid = await readPid(paths.qemuPidFile);
+  // A failed start has cleaned up (nothing holds the disk); any other state but stopped might.
+  if ((running && running.state !== 'stopped' && running.state !== 'failed') || (qemuPid !== undefined && isOurQemu(qemuPid, paths.home))) {
     throw new BerthError('VM_RUNNING', 'The engine cannot be rolled back while berth runs: the data disk is in use.', { hint: 'Run `berth stop`, then `berth engine rollback`.' });
   }
   const stamp = await readStamp(paths.engineStamp, paths.dataDisk);
@@ -115,10 +118,21 @@ export async function engineRollback(paths: BerthPaths, opts: { json: boolean },
     });
   }
   const { img } = await findQemu();
+  if (!(await listSnapshots(img, paths.dataDisk)).includes(snap.name)) {
+    throw new BerthError('ENGINE_NO_SNAPSHOT', `The snapshot ${snap.name} that ${paths.engineStamp} names is not in the data disk ${paths.dataDisk}.`, {
+      hint: `Nothing was changed. To go on with engine ${stamp.pack}'s data: \`berth engine use ${stamp.pack}\`.`,
+    });
+  }
+  // Restore, then record at once which engine the data is now from (so a failure after this point
+  // cannot let the newer engine migrate the restored data without a new snapshot), then tidy up.
   await applySnapshot(img, paths.dataDisk, snap.name);
-  await deleteSnapshot(img, paths.dataDisk, snap.name);
   await writeStamp(paths.engineStamp, { pack: snap.pack, engineVersion: snap.engineVersion, writtenAt: new Date().toISOString() });
   await setSetting(paths.settings, 'engine.version', snap.pack);
+  const leftover = await deleteSnapshot(img, paths.dataDisk, snap.name).then(
+    () => undefined,
+    (err: Error) => err.message,
+  );
+  if (leftover && !opts.json) out.write(`warning: the snapshot stays in the data disk (${leftover}); the next upgrade removes it.\n`);
   if (opts.json) out.write(JSON.stringify({ engine: snap.pack, restoredSnapshot: snap.name }) + '\n');
   else out.write(`The data disk is back as engine ${snap.pack} left it on ${snap.takenAt} (what engine ${stamp.pack} did since is gone); engine.version is ${snap.pack}. Start with \`berth start\`.\n`);
   return 0;

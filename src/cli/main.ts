@@ -11,6 +11,8 @@ import { runShell } from './shell.js';
 import { showLogs } from './logs.js';
 import { runVersion } from './version.js';
 import { runImageBuild } from './image.js';
+import { engineList, engineRollback, engineUse } from './engine.js';
+import { dockerConfigRemove, dockerConfigShow } from './docker-config.js';
 import { showPorts } from './ports.js';
 import { showNetwork } from './network.js';
 import { isOurQemu, readPid } from '../vm/qemu-process.js';
@@ -86,6 +88,11 @@ function handlers(out: Out): Handlers {
     'image build': (o) => runImageBuild(paths, o, out),
     'settings get': (o) => settingsGet(paths, o, out),
     'settings set': (o) => settingsSet(paths, o, out),
+    'engine list': (o) => engineList(paths, o, out),
+    'engine use': (o) => engineUse(paths, o, out, () => lifecycle(paths, o, '/v1/restart', out)),
+    'engine rollback': (o) => engineRollback(paths, o, out),
+    'docker-config show': (o) => dockerConfigShow(paths, o, out),
+    'docker-config remove': (o) => dockerConfigRemove(paths, o, out),
   };
 }
 

@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { constants as fsConstants, createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { errnoCode } from '../util/errors.js';
@@ -65,12 +65,18 @@ async function syncCopy(from: string, to: string): Promise<void> {
   const [a, b] = await Promise.all([fs.stat(from), lstatOrUndefined(to)]);
   if (b?.isFile() && b.size === a.size && (await sha256File(from)) === (await sha256File(to))) return;
   const tmp = `${to}.${process.pid}.tmp`;
-  await fs.copyFile(from, tmp);
+  await fs.rm(tmp, { force: true });
+  // EXCL: never write through something already at the temporary name.
+  await fs.copyFile(from, tmp, fsConstants.COPYFILE_EXCL);
   await fs.chmod(tmp, 0o755);
   await fs.rename(tmp, to);
 }
 
-/** Makes each of `plugins` (name → file in the pack) available to the host's docker CLI where that does not replace anything. */
+/**
+ * Makes each of `plugins` (name → file in the pack) available to the host's docker CLI where that
+ * does not replace anything. Links made for an earlier pack stay while this pack has no plugin of
+ * that name (Docker 20.10's pack has none): they keep working against any engine.
+ */
 export async function installCliPlugins(plugins: Record<string, string>, places: PluginPlaces): Promise<PluginOutcome[]> {
   const userDir = userPluginDir(places.env);
   const out: PluginOutcome[] = [];

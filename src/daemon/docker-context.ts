@@ -59,3 +59,37 @@ export async function registerDockerContext(dockerHost: string, opts: { use?: bo
   }
   return { name: CONTEXT_NAME, changed, current: config.currentContext === CONTEXT_NAME };
 }
+
+/** The `berth` context's metadata folder, whether it exists, and whether it is the current context. */
+export async function describeDockerContext(env: NodeJS.ProcessEnv = process.env): Promise<{ name: string; metaDir: string; exists: boolean; current: boolean }> {
+  const dir = dockerConfigDir(env);
+  const metaDir = path.join(dir, 'contexts', 'meta', crypto.createHash('sha256').update(CONTEXT_NAME).digest('hex'));
+  const exists = await fs.access(path.join(metaDir, 'meta.json')).then(
+    () => true,
+    () => false,
+  );
+  let current = false;
+  try {
+    current = (JSON.parse(await fs.readFile(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>).currentContext === CONTEXT_NAME;
+  } catch {
+    // no or unreadable config.json: not current
+  }
+  return { name: CONTEXT_NAME, metaDir, exists, current };
+}
+
+/**
+ * Removes the `berth` context; if it is the current one, "currentContext" is removed from
+ * config.json (every other key kept), so the CLI goes back to its default. A config.json that does
+ * not parse is left alone.
+ */
+export async function unregisterDockerContext(env: NodeJS.ProcessEnv = process.env): Promise<{ removed: boolean; wasCurrent: boolean }> {
+  const d = await describeDockerContext(env);
+  if (d.exists) await fs.rm(d.metaDir, { recursive: true, force: true });
+  if (d.current) {
+    const configFile = path.join(dockerConfigDir(env), 'config.json');
+    const config = JSON.parse(await fs.readFile(configFile, 'utf8')) as Record<string, unknown>;
+    delete config.currentContext;
+    await writeFileAtomic(configFile, JSON.stringify(config, null, '\t') + '\n', 0o600);
+  }
+  return { removed: d.exists, wasCurrent: d.current };
+}

@@ -32,7 +32,7 @@ import { MountTracker } from '../fs/mount-tracker.js';
 import { dockerJson } from '../ports/docker-api.js';
 import type { ImageSource, ResolvedImage, ResolvedPack } from './image-source.js';
 import { classifySwitch, downgradeError, readStamp, writeStamp, type EngineStamp } from '../engine/stamp.js';
-import { createSnapshot, deleteSnapshot } from '../engine/snapshot.js';
+import { createSnapshot, deleteSnapshot, listSnapshots } from '../engine/snapshot.js';
 import type { NetworkReport, NetworkStatus, PhaseTiming, PortReport, PortsReport, StatusReport, VmState } from './api-types.js';
 import { isWithin } from '../util/paths.js';
 import { parseShareFailures, type ShareFailure } from '../control/share-mounts.js';
@@ -216,12 +216,17 @@ export class VmController extends EventEmitter {
     if (sw.kind === 'upgrade') {
       const name = `berth-before-${pack.id}-${Date.now()}`;
       emit({ type: 'note', level: 'info', message: `Upgrading the engine from ${sw.from.pack} to ${pack.id}: a snapshot of the data disk is kept for \`berth engine rollback\`.`, at: Date.now() });
-      if (sw.from.snapshot) await deleteSnapshot(qemuImg, this.paths.dataDisk, sw.from.snapshot.name).catch((err) => this.log.warn('could not delete the previous engine snapshot', { error: String(err) }));
+      // New snapshot, then the stamp that names it, and only then the old ones go: a failure
+      // anywhere leaves a stamp whose snapshot exists.
       await createSnapshot(qemuImg, this.paths.dataDisk, name);
       next.snapshot = { name, pack: sw.from.pack, engineVersion: sw.from.engineVersion, takenAt: new Date().toISOString() };
-      detail = `upgrade from ${sw.from.pack} (Docker ${sw.from.engineVersion}); snapshot ${name}`;
+      await writeStamp(this.paths.engineStamp, next);
+      await this.dropEngineSnapshots(qemuImg, name);
+      return `upgrade from ${sw.from.pack} (Docker ${sw.from.engineVersion}); snapshot ${name}`;
     } else {
-      if (stamp?.snapshot) next.snapshot = stamp.snapshot;
+      // A forced downgrade drops the snapshot: it was taken before the newer engine, and rolling
+      // back to it now would lose what both engines wrote since.
+      if (stamp?.snapshot && sw.kind !== 'downgrade') next.snapshot = stamp.snapshot;
       detail =
         sw.kind === 'fresh' ? `new data disk, engine ${pack.id}` : sw.kind === 'same' ? `engine ${pack.id}, as last time` : `older engine ${pack.id} on data of ${sw.from.pack}, forced`;
       if (sw.kind === 'downgrade') {
@@ -231,7 +236,19 @@ export class VmController extends EventEmitter {
       }
     }
     await writeStamp(this.paths.engineStamp, next);
+    if (sw.kind === 'downgrade') await this.dropEngineSnapshots(qemuImg, undefined);
     return detail;
+  }
+
+  /** Deletes berth's engine snapshots of the data disk except `keep` (best effort: a failure is logged). */
+  private async dropEngineSnapshots(qemuImg: string, keep: string | undefined): Promise<void> {
+    try {
+      for (const name of await listSnapshots(qemuImg, this.paths.dataDisk)) {
+        if (name.startsWith('berth-before-') && name !== keep) await deleteSnapshot(qemuImg, this.paths.dataDisk, name);
+      }
+    } catch (err) {
+      this.log.warn('could not delete an old engine snapshot of the data disk', { error: String(err) });
+    }
   }
 
   /** The running guest session, or VM_NOT_RUNNING. */
@@ -274,6 +291,7 @@ export class VmController extends EventEmitter {
     this.state = 'starting';
     this.failure = null;
     this.warnings = [];
+    this.cliPlugins = null;
     let qemu: QemuProcess | undefined;
     let session: GuestSession | undefined;
     let net: NetService | undefined;

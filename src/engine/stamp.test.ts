@@ -42,6 +42,9 @@ test('stamps are read strictly: absent disk, legacy disk, round trip, broken fil
     const file = path.join(dir, 'engine.json');
     const disk = path.join(dir, 'data.qcow2');
     assert.equal(await readStamp(file, disk), undefined, 'no disk: a fresh start');
+    await writeStamp(file, s26);
+    assert.equal(await readStamp(file, disk), undefined, 'no disk: a fresh start, whatever an old stamp says');
+    await fs.rm(file);
     await fs.writeFile(disk, '');
     assert.deepEqual(await readStamp(file, disk), LEGACY_STAMP, 'a disk without a stamp was written by 20.10');
     const full: EngineStamp = { ...s26, snapshot: { name: 'berth-before-26-1', pack: '20.10', engineVersion: '20.10.24', takenAt: at }, allowDowngradeTo: '20.10' };
@@ -51,6 +54,12 @@ test('stamps are read strictly: absent disk, legacy disk, round trip, broken fil
       await fs.writeFile(file, bad);
       await assert.rejects(readStamp(file, disk), (err: unknown) => err instanceof BerthError && err.code === 'ENGINE_STAMP_INVALID' && /which engine last wrote/.test(err.message));
     }
+    await fs.rm(file);
+    await fs.mkdir(file);
+    await assert.rejects(readStamp(file, disk), (err: unknown) => err instanceof BerthError && err.code === 'ENGINE_STAMP_INVALID', 'not a regular file');
+    await fs.rmdir(file);
+    await fs.writeFile(file, ' '.repeat(70 * 1024));
+    await assert.rejects(readStamp(file, disk), (err: unknown) => err instanceof BerthError && err.code === 'ENGINE_STAMP_INVALID', 'too large');
     assert.equal(parseStamp({ ...s26, extra: 1 })?.pack, '26', 'unknown keys are dropped, not kept');
     assert.equal('extra' in (parseStamp({ ...s26, extra: 1 }) ?? {}), false);
   } finally {

@@ -65,17 +65,20 @@ export function parseStamp(v: unknown): EngineStamp | undefined {
  * ENGINE_STAMP_INVALID.
  */
 export async function readStamp(stampFile: string, dataDisk: string): Promise<EngineStamp | undefined> {
+  // The stamp describes a disk; a new disk (the old one moved away) has no history, whatever the file says.
+  const hasDisk = await fs.access(dataDisk).then(
+    () => true,
+    () => false,
+  );
+  if (!hasDisk) return undefined;
   let text: string;
   try {
+    const st = await fs.lstat(stampFile);
+    if (!st.isFile() || st.size > MAX_STAMP_BYTES) throw invalidStamp(stampFile);
     text = await fs.readFile(stampFile, 'utf8');
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') throw err;
-    try {
-      await fs.access(dataDisk);
-      return LEGACY_STAMP;
-    } catch {
-      return undefined;
-    }
+    return LEGACY_STAMP;
   }
   let parsed: unknown;
   try {
@@ -84,13 +87,18 @@ export async function readStamp(stampFile: string, dataDisk: string): Promise<En
     parsed = undefined;
   }
   const stamp = parseStamp(parsed);
-  if (!stamp) {
-    throw new BerthError('ENGINE_STAMP_INVALID', `The engine stamp ${stampFile} is not valid: berth cannot tell which engine last wrote the data disk.`, {
-      hint: `If you know it, write {"pack":"26","engineVersion":"26.1.5","writtenAt":"${new Date(0).toISOString()}"} (with that engine) into it; deleting it makes berth assume Docker 20.10.`,
-      details: { file: stampFile },
-    });
-  }
+  if (!stamp) throw invalidStamp(stampFile);
   return stamp;
+}
+
+/** A stamp is a few hundred bytes; anything much larger is not one. */
+const MAX_STAMP_BYTES = 64 * 1024;
+
+function invalidStamp(stampFile: string): BerthError {
+  return new BerthError('ENGINE_STAMP_INVALID', `The engine stamp ${stampFile} is not valid: berth cannot tell which engine last wrote the data disk.`, {
+    hint: `If you know it, write {"pack":"26","engineVersion":"26.1.5","writtenAt":"${new Date(0).toISOString()}"} (with that engine) into it; deleting it makes berth assume Docker 20.10.`,
+    details: { file: stampFile },
+  });
 }
 
 export async function writeStamp(stampFile: string, stamp: EngineStamp): Promise<void> {

@@ -258,15 +258,20 @@ function aptContext(f: Frame, opts: BuildOptions, manifest: Manifest, source: st
 /** Downloads each part's packages with its own apt state into the deb cache, as one progress step. */
 async function downloadStep(f: Frame, prefix: string, parts: Array<[AptContext, ResolvedPackage[]]>): Promise<void> {
   await f.step('download', 'Download the packages', async (d) => {
-    const all = parts.flatMap(([, pkgs]) => pkgs);
+    // A package in two parts (the kernel's closure shares packages with the userland's) is fetched once.
+    const seen = new Set<string>();
+    const unique = parts.map(([apt, pkgs]): [AptContext, ResolvedPackage[]] => [apt, pkgs.filter((p) => !seen.has(p.filename) && seen.add(p.filename))]);
+    const all = unique.flatMap(([, pkgs]) => pkgs);
     const total = sumSizes(all);
     let before = 0;
     let cached = 0;
-    for (const [apt, pkgs] of parts) {
+    for (const [apt, pkgs] of unique) {
+      if (pkgs.length === 0) continue;
       let first: number | undefined;
+      const offset = before;
       await downloadPackages(apt, pkgs, (done) => {
         first ??= done;
-        f.emit({ type: 'step-progress', id: `${prefix}.download`, done: before + done, total, unit: 'bytes', at: Date.now() });
+        f.emit({ type: 'step-progress', id: `${prefix}.download`, done: Math.min(total, offset + done), total, unit: 'bytes', at: Date.now() });
       });
       cached += first ?? 0;
       before += sumSizes(pkgs);

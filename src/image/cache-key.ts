@@ -120,7 +120,15 @@ export async function snapshotBaseInputs(opts: BaseInputPaths): Promise<BaseSnap
   h.update(`builder ${await builderCodeHash()}\n`);
   const manifestText = await readManifestText(opts.manifestPath);
   const manifest = parseManifest(manifestText, opts.manifestPath); // a key for an invalid manifest would be useless
-  const part = { name: manifest.name, arch: manifest.arch, base: manifest.base, source: sourcePart(manifest, manifest.base.source), exclude: manifest.exclude, prune: manifest.prune };
+  const part = {
+    name: manifest.name,
+    arch: manifest.arch,
+    base: manifest.base,
+    source: sourcePart(manifest, manifest.base.source),
+    kernelSource: sourcePart(manifest, manifest.base.kernel.source ?? manifest.base.source),
+    exclude: manifest.exclude,
+    prune: manifest.prune,
+  };
   h.update(`manifest ${canonicalJson(part)}\n`);
   const agent = await readInput(opts.agentBundle, 'The guest agent bundle', 'Build berth first (`npm run build` writes dist/agent.cjs).');
   const agentSha256 = sha256(agent);

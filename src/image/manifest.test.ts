@@ -6,6 +6,7 @@ import path from 'node:path';
 import { BerthError } from '../util/errors.js';
 import { sampleManifest } from './manifest-fixture.js';
 import { findPack, loadManifest, parseManifest, packageName, validateManifest } from './manifest.js';
+import { DEFAULT_ENGINE } from '../settings/settings.js';
 
 function expectInvalid(raw: unknown, field: string): void {
   assert.throws(
@@ -70,6 +71,8 @@ test('bad manifests name the field', () => {
   expectInvalid(mutate((m) => (m.packs[1].id = '26')), 'packs[1].id');
   expectInvalid(mutate((m) => (m.packs[1].id = 'latest')), 'packs[1].id');
   expectInvalid(mutate((m) => (m.packs[0].source = 'sid')), 'packs[0].source');
+  expectInvalid(mutate((m) => (m.packs[0].source = 'constructor')), 'packs[0].source');
+  expectInvalid(mutate((m) => (m.packs[0].title = 'Docker\u001b[2J')), 'packs[0].title');
   expectInvalid(mutate((m) => (m.base.source = 'sid')), 'base.source');
   expectInvalid(mutate((m) => (m.packs[0].emulators = ['aarch64;rm'])), 'packs[0].emulators[0]');
   expectInvalid(mutate((m) => (m.sources.host = m.sources.trixie)), 'sources.host');
@@ -102,4 +105,11 @@ test('invalid JSON and unreadable files are IMAGE_MANIFEST_INVALID', async () =>
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
+});
+
+test("guest/manifest.json is valid and has the setting engine.version's default pack", async () => {
+  const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..');
+  const m = await loadManifest(path.join(repoRoot, 'guest', 'manifest.json'));
+  assert.ok(findPack(m, DEFAULT_ENGINE), `the default engine ${DEFAULT_ENGINE} is a pack of guest/manifest.json`);
+  for (const p of m.packs) assert.ok(p.packages.includes('iptables'), `pack ${p.id} has iptables (the file server shield needs it)`);
 });

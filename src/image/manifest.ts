@@ -165,7 +165,7 @@ export function validateManifest(raw: unknown, file = 'manifest.json'): Manifest
   }
   const sourceRef = (v: unknown, field: string): string => {
     const s = str(v, field);
-    if (s !== HOST_SOURCE && !(s in sources)) bad(field, `names the source ${JSON.stringify(s)}, which "sources" does not define (nor is it "${HOST_SOURCE}")`);
+    if (s !== HOST_SOURCE && !Object.hasOwn(sources, s)) bad(field, `names the source ${JSON.stringify(s)}, which "sources" does not define (nor is it "${HOST_SOURCE}")`);
     return s;
   };
   const base = obj(m.base, 'base', BASE_KEYS);
@@ -176,7 +176,7 @@ export function validateManifest(raw: unknown, file = 'manifest.json'): Manifest
     const o = obj(p, f, PACK_KEYS);
     return {
       id: str(o.id, `${f}.id`, PACK_ID, 'a version such as "26" or "20.10"'),
-      title: str(o.title, `${f}.title`),
+      title: str(o.title, `${f}.title`, /^[\x20-\x7e]{1,80}$/, 'printable text of at most 80 characters'),
       source: sourceRef(o.source, `${f}.source`),
       packages: list(o.packages, `${f}.packages`, PACKAGE_SPEC, spec),
       emulators: o.emulators === undefined ? [] : list(o.emulators, `${f}.emulators`, EMULATOR, 'qemu-user emulator names (aarch64, arm, ...)'),

@@ -40,8 +40,15 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
   let b: Instance;
   /** The host's docker CLI with DOCKER_HOST set: compose and buildx plugins need no -H. */
   let docker: (args: string[], opts?: { cwd?: string; timeoutMs?: number }) => Promise<RunResult>;
+  /** A buildx plugin of the user's own (a link to the pack's binary elsewhere): berth must leave it. */
+  let userBuildx: string;
   before(async () => {
     b = newInstance('engine');
+    ok(await b.berth(['image', 'build']), 'image build');
+    const pack = JSON.parse(ok(await b.berth(['image', 'build', '--json']), 'image build --json').trim().split('\n').pop()!).pack;
+    userBuildx = path.join(b.env.DOCKER_CONFIG!, 'cli-plugins', 'docker-buildx');
+    fs.mkdirSync(path.dirname(userBuildx), { recursive: true });
+    fs.symlinkSync(path.join(pack.dir, 'cli-plugins', 'docker-buildx'), userBuildx);
     ok(await b.berth(['start']), 'berth start');
     const host = await b.dockerHost();
     docker = (args, opts = {}) => run(dockerCli(), args, { env: { ...b.env, DOCKER_HOST: host }, timeoutMs: opts.timeoutMs ?? 600_000, ...(opts.cwd ? { cwd: opts.cwd } : {}) });
@@ -67,9 +74,11 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
   test('compose and buildx plugins are linked for the host CLI, and only where the user has none', async () => {
     const s = JSON.parse(ok(await b.berth(['status', '--json']), 'status'));
     const byName = Object.fromEntries(s.cliPlugins.map((p: { name: string; state: string }) => [p.name, p.state]));
-    assert.deepEqual(byName, { 'docker-compose': 'linked', 'docker-buildx': 'linked' });
+    assert.deepEqual(byName, { 'docker-compose': 'linked', 'docker-buildx': 'user' });
     const link = path.join(b.env.DOCKER_CONFIG!, 'cli-plugins', 'docker-compose');
     assert.equal(fs.readlinkSync(link), path.join(b.home, 'cli-plugins', 'docker-compose'));
+    assert.notEqual(fs.readlinkSync(userBuildx), path.join(b.home, 'cli-plugins', 'docker-buildx'), "the user's plugin is untouched");
+    assert.ok(!fs.existsSync(path.join(b.home, 'cli-plugins', 'docker-buildx')), 'no copy made for a plugin the user has');
     assert.match(ok(await docker(['compose', 'version']), 'docker compose version'), /v?2\.26/);
     assert.match(ok(await docker(['buildx', 'version']), 'docker buildx version'), /0\.13/);
   });
@@ -139,7 +148,7 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
     }
   });
 
-  test('emulators are registered with F and C, never for the native architecture', async () => {
+  test("the pack's emulators are registered with F and C; none for the machine's own architecture", async () => {
     const list = ok(await b.berth(['shell', '--', 'ls', '/proc/sys/fs/binfmt_misc']), 'ls binfmt_misc').split(/\s+/);
     for (const arch of ['aarch64', 'arm', 'riscv64', 'ppc64le', 's390x']) assert.ok(list.includes(`qemu-${arch}`), `qemu-${arch} registered`);
     assert.ok(!list.some((e) => /x86_64|i386/.test(e)), 'the native architecture is not registered');
@@ -198,6 +207,10 @@ describe('engine upgrade: 20.10 → 26 keeps the data; the way back is refused, 
     assert.match(use, /snapshot/);
     const start = ok(await b.berth(['start']), 'start 26');
     assert.match(start, /upgrade from 20\.10/);
+    const list = JSON.parse(ok(await b.berth(['engine', 'list', '--json']), 'engine list'));
+    assert.equal(list.dataDisk.pack, '26');
+    assert.equal(list.dataDisk.snapshot.pack, '20.10');
+    assert.match(ok(await run('qemu-img', ['info', '--force-share', path.join(b.home, 'disks', 'data.qcow2')]), 'qemu-img info'), new RegExp(list.dataDisk.snapshot.name));
     assert.match(ok(await b.docker(['version', '--format', '{{.Server.Version}}']), 'version').trim(), /^26\./);
     assert.match(ok(await b.docker(['image', 'ls', '--format', '{{.Repository}}:{{.Tag}}']), 'images'), /berth-test\/busybox:1/);
     assert.match(ok(await b.docker(['volume', 'ls', '--format', '{{.Name}}']), 'volumes'), /^keep$/m);
@@ -218,7 +231,21 @@ describe('engine upgrade: 20.10 → 26 keeps the data; the way back is refused, 
     assert.equal(running.code, 1, 'rollback refuses while the VM runs');
     assert.match(running.stderr, /berth stop/);
     ok(await b.berth(['stop']), 'stop');
+
+    // The daemon checks too: the setting changed behind `engine use`'s back still does not boot 20.10.
+    ok(await b.berth(['settings', 'set', 'engine.version', '20.10']), 'settings set');
+    const start = await b.berth(['start']);
+    assert.equal(start.code, 1, 'a start of an older engine is refused');
+    assert.match(start.stderr, /older than engine 26/);
+    const list = JSON.parse(ok(await b.berth(['engine', 'list', '--json']), 'engine list'));
+    assert.equal(list.dataDisk.pack, '26', 'the refused start did not record 20.10');
+    assert.equal(list.dataDisk.snapshot.pack, '20.10', 'the snapshot taken before the upgrade is kept');
+
     ok(await b.berth(['engine', 'rollback']), 'rollback');
+    const after = JSON.parse(ok(await b.berth(['engine', 'list', '--json']), 'engine list'));
+    assert.equal(after.dataDisk.pack, '20.10');
+    assert.equal(after.dataDisk.snapshot, undefined, 'the snapshot was used up');
+    assert.equal(after.engines.find((e: { id: string }) => e.id === '20.10').selected, true);
     ok(await b.berth(['start']), 'start after rollback');
     assert.match(ok(await b.docker(['version', '--format', '{{.Server.Version}}']), 'version').trim(), /^20\.10\./);
     assert.equal(ok(await b.docker(['run', '--rm', '-v', 'keep:/v', BUSYBOX, 'cat', '/v/f']), 'read').trim(), 'written-by-20.10');

@@ -82,10 +82,18 @@ export function dockerCli(): string {
     const p = path.join(dir, 'docker');
     if (dir && fs.existsSync(p)) return p;
   }
+  // The default engine's pack (26): its CLI knows BuildKit and the plugins.
   const packs = path.join(cacheDir(), 'packs');
   for (const d of fs.existsSync(packs) ? fs.readdirSync(packs) : []) {
     const p = path.join(packs, d, 'docker');
-    if (fs.existsSync(p)) return p;
+    const id = (() => {
+      try {
+        return (JSON.parse(fs.readFileSync(path.join(packs, d, 'versions.json'), 'utf8')) as { id?: string }).id;
+      } catch {
+        return undefined;
+      }
+    })();
+    if (id === '26' && fs.existsSync(p)) return p;
   }
   throw new Error('no docker CLI on PATH and no engine pack with one: run `bin/berth image build` first');
 }
