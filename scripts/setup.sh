@@ -24,7 +24,8 @@ if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
   $SUDO apt-get update -q
 fi
 
-node -e 'const [M]=process.versions.node.split("."); if (+M < 20) { console.error("setup: berth needs Node.js 20 or newer, found " + process.version); process.exit(1); }'
+# yargs 18 (the CLI's parser) needs Node.js 20.19 or newer.
+node -e 'const [M, m] = process.versions.node.split(".").map(Number); if (M < 20 || (M === 20 && m < 19)) { console.error("setup: berth needs Node.js 20.19 or newer, found " + process.version); process.exit(1); }'
 npm ci --no-audit --no-fund
 npm run build
 echo "setup: done. Run bin/berth start"
