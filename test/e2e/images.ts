@@ -17,7 +17,8 @@ import { cacheDir, run } from './harness.js';
  */
 export async function debianImageTar(packages: string[], opts: { arch?: 'arm64'; setuid?: string[] } = {}): Promise<Buffer> {
   const wanted = ['busybox-static', ...packages].sort();
-  const key = createHash('sha256').update([opts.arch ?? 'native', ...wanted, '--setuid', ...(opts.setuid ?? [])].join(' ')).digest('hex').slice(0, 16);
+  // The tag names the layout this code writes: a change to it must not reuse old tarballs.
+  const key = createHash('sha256').update(['layout-2', opts.arch ?? 'native', ...wanted, '--setuid', ...(opts.setuid ?? [])].join(' ')).digest('hex').slice(0, 16);
   const dir = path.join(cacheDir(), 'test-images');
   const tarFile = path.join(dir, `${key}.tar`);
   if (fs.existsSync(tarFile)) return fs.readFileSync(tarFile);
@@ -44,7 +45,10 @@ export async function debianImageTar(packages: string[], opts: { arch?: 'arm64';
     for (const d of ['etc', 'tmp', 'root', 'proc', 'sys', 'dev', 'var/tmp']) fs.mkdirSync(path.join(root, d), { recursive: true });
     fs.chmodSync(path.join(root, 'tmp'), 0o1777);
     const busybox = path.join(root, 'usr', 'bin', 'busybox');
-    const list = await run(busybox, ['--list']);
+    // A foreign busybox cannot run here: its applets are listed by the native build of the same
+    // Debian package (the same configuration).
+    const list = await run(opts.arch ? await nativeBusybox(work) : busybox, ['--list']);
+    if (list.code !== 0 || !list.stdout.includes('sh')) throw new Error(`busybox --list failed: ${list.stderr}`);
     for (const applet of list.stdout.split('\n').filter(Boolean)) {
       const link = path.join(root, 'usr', 'bin', applet);
       if (applet !== 'busybox' && !fs.existsSync(link) && !fs.existsSync(path.join(root, 'usr', 'sbin', applet))) fs.symlinkSync('busybox', link);
@@ -75,4 +79,15 @@ function tarTree(root: string): Promise<Buffer> {
     p.on('error', reject);
     p.on('close', (code) => (code === 0 ? resolve(Buffer.concat(chunks)) : reject(new Error(`tar exited ${code}`))));
   });
+}
+
+/** The host architecture's busybox from the deb cache (the base image build put it there), unpacked under `work`. */
+async function nativeBusybox(work: string): Promise<string> {
+  const debs = path.join(cacheDir(), 'debs');
+  const deb = fs.readdirSync(debs).find((f) => f.startsWith('busybox-static_') && f.endsWith('_amd64.deb'));
+  if (!deb) throw new Error(`busybox-static (amd64) .deb not found in ${debs}: build the image first`);
+  const dir = path.join(work, 'native-busybox');
+  const x = await run('dpkg-deb', ['-x', path.join(debs, deb), dir]);
+  if (x.code !== 0) throw new Error(`dpkg-deb failed: ${x.stderr}`);
+  return path.join(dir, 'bin', 'busybox');
 }
