@@ -169,6 +169,19 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
     assert.equal(ok(await docker(['run', '--rm', '--platform', 'linux/arm64', '--user', '1000:1000', ARM64, 'id', '-u']), 'plain id').trim(), '1000');
   });
 
+  test('arm/v7, ppc64le and s390x images run too (Debian 12 has no riscv64 packages to build one from)', async () => {
+    const cases = [
+      { deb: 'armhf', platform: 'linux/arm/v7', machine: 'armv7l' },
+      { deb: 'ppc64el', platform: 'linux/ppc64le', machine: 'ppc64le' },
+      { deb: 's390x', platform: 'linux/s390x', machine: 's390x' },
+    ] as const;
+    for (const c of cases) {
+      const tag = `berth-test/${c.deb}:1`;
+      ok(await b.docker(['import', '--platform', c.platform, '-', tag], { input: await debianImageTar([], { arch: c.deb }) }), `import ${c.deb}`);
+      assert.equal(ok(await docker(['run', '--rm', '--platform', c.platform, tag, 'uname', '-m']), `uname on ${c.platform}`).trim(), c.machine);
+    }
+  });
+
   test('docker build --platform linux/arm64 runs a RUN step under emulation', async () => {
     const dir = fs.mkdtempSync('/tmp/berth-arm64-');
     try {

@@ -15,7 +15,7 @@ import { cacheDir, run } from './harness.js';
  * packages asked for with their dependencies (socat for UDP and TCP services, inotify-tools for
  * file watching, ...). Tarballs are cached in $BERTH_CACHE/test-images by package list.
  */
-export async function debianImageTar(packages: string[], opts: { arch?: 'arm64'; setuid?: string[] } = {}): Promise<Buffer> {
+export async function debianImageTar(packages: string[], opts: { arch?: 'arm64' | 'armhf' | 'ppc64el' | 's390x'; setuid?: string[] } = {}): Promise<Buffer> {
   const wanted = ['busybox-static', ...packages].sort();
   // The tag names the layout this code writes: a change to it must not reuse old tarballs.
   const key = createHash('sha256').update(['layout-2', opts.arch ?? 'native', ...wanted, '--setuid', ...(opts.setuid ?? [])].join(' ')).digest('hex').slice(0, 16);
