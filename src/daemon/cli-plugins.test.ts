@@ -26,6 +26,7 @@ test('plugins are linked from the user folder to berth\'s copies, and updated in
     assert.equal(await fs.readlink(path.join(t.userDir, 'docker-compose')), path.join(t.places.berthDir, 'docker-compose'));
     assert.equal(await fs.readFile(path.join(t.userDir, 'docker-compose'), 'utf8'), 'compose v1');
     await fs.writeFile(path.join(t.pack, 'docker-compose'), 'compose v2');
+    await fs.utimes(path.join(t.pack, 'docker-compose'), new Date(1e12), new Date(1e12));
     await installCliPlugins(t.plugins, t.places);
     assert.equal(await fs.readFile(path.join(t.userDir, 'docker-compose'), 'utf8'), 'compose v2');
     assert.equal((await fs.stat(path.join(t.places.berthDir, 'docker-compose'))).mode & 0o777, 0o755);

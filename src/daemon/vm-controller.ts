@@ -211,7 +211,6 @@ export class VmController extends EventEmitter {
   private async prepareEngineSwitch(qemuImg: string, stamp: EngineStamp | undefined, pack: ResolvedPack, emit: ProgressListener): Promise<string> {
     const sw = classifySwitch(stamp, pack.id);
     const next: EngineStamp = { pack: pack.id, engineVersion: pack.versions.engineVersion, writtenAt: new Date().toISOString() };
-    let detail: string;
     if (sw.kind === 'downgrade' && !sw.forced) throw downgradeError(sw.from, pack.id);
     if (sw.kind === 'upgrade') {
       const name = `berth-before-${pack.id}-${Date.now()}`;
@@ -223,21 +222,20 @@ export class VmController extends EventEmitter {
       await writeStamp(this.paths.engineStamp, next);
       await this.dropEngineSnapshots(qemuImg, name);
       return `upgrade from ${sw.from.pack} (Docker ${sw.from.engineVersion}); snapshot ${name}`;
-    } else {
+    }
+    if (sw.kind === 'downgrade') {
       // A forced downgrade drops the snapshot: it was taken before the newer engine, and rolling
       // back to it now would lose what both engines wrote since.
-      if (stamp?.snapshot && sw.kind !== 'downgrade') next.snapshot = stamp.snapshot;
-      detail =
-        sw.kind === 'fresh' ? `new data disk, engine ${pack.id}` : sw.kind === 'same' ? `engine ${pack.id}, as last time` : `older engine ${pack.id} on data of ${sw.from.pack}, forced`;
-      if (sw.kind === 'downgrade') {
-        const message = `Engine ${pack.id} starts on data last written by engine ${sw.from.pack}, as forced with \`berth engine use ${pack.id} --force\`.`;
-        this.warnings.push(message);
-        emit({ type: 'note', level: 'warn', message, at: Date.now() });
-      }
+      const message = `Engine ${pack.id} starts on data last written by engine ${sw.from.pack}, as forced with \`berth engine use ${pack.id} --force\`.`;
+      this.warnings.push(message);
+      emit({ type: 'note', level: 'warn', message, at: Date.now() });
+      await writeStamp(this.paths.engineStamp, next);
+      await this.dropEngineSnapshots(qemuImg, undefined);
+      return `older engine ${pack.id} on data of ${sw.from.pack}, forced`;
     }
+    if (stamp?.snapshot) next.snapshot = stamp.snapshot;
     await writeStamp(this.paths.engineStamp, next);
-    if (sw.kind === 'downgrade') await this.dropEngineSnapshots(qemuImg, undefined);
-    return detail;
+    return sw.kind === 'fresh' ? `new data disk, engine ${pack.id}` : `engine ${pack.id}, as last time`;
   }
 
   /** Deletes berth's engine snapshots of the data disk except `keep` (best effort: a failure is logged). */
