@@ -2,13 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { benchStart, makeKernelVariant } from './start.js';
 import { benchNet } from './net.js';
-import { benchFiles } from './files.js';
+import { benchFiles, KERNEL_FILES_SIZES } from './files.js';
 import { benchFileserver } from './fileserver.js';
 import { benchProxy } from './proxy.js';
 import { toMarkdown, toText, type BenchResult } from './report.js';
 
 /**
- * `npm run bench [-- --runs N] [--only start,net,files,fileserver,proxy] [--update-docs]`: runs every benchmark with
+ * `npm run bench [-- --runs N] [--only start,net,files,kernel,fileserver,proxy] [--update-docs]`: runs every benchmark with
  * its anchor measured in the same run, prints the results, and with --update-docs writes the
  * markdown tables into docs/performance.md between the bench markers (only with all benchmarks run).
  */
@@ -20,12 +20,14 @@ const results: BenchResult[] = [];
 
 if (want('start')) results.push(await benchStart(runs));
 if (want('net')) results.push(await benchNet(Math.min(runs, 3)));
-if (want('files')) {
-  results.push(await benchFiles(Math.min(runs, 3), undefined, { name: "Debian 12's kernel (6.1, the base's)", env: {} }));
-  // The kernel comparison (docs/performance.md "Kernel"): the same guest but for Debian 13's kernel.
+if (want('files')) results.push(await benchFiles(Math.min(runs, 3)));
+if (want('kernel')) {
+  // The kernel comparison (docs/performance.md "Engine packs and the kernel"): the same guest with
+  // Debian 12's kernel (the base's) and with Debian 13's, on a smaller tree so both fit one run.
   const k612 = makeKernelVariant(path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'guest'));
   try {
-    results.push(await benchFiles(Math.min(runs, 3), undefined, { name: "Debian 13's kernel (6.12)", env: { BERTH_GUEST_DIR: k612 } }));
+    results.push(await benchFiles(Math.min(runs, 2), KERNEL_FILES_SIZES, { name: "Debian 12's kernel (6.1, the base's)", env: {} }));
+    results.push(await benchFiles(Math.min(runs, 2), KERNEL_FILES_SIZES, { name: "Debian 13's kernel (6.12)", env: { BERTH_GUEST_DIR: k612 } }));
   } finally {
     fs.rmSync(k612, { recursive: true, force: true });
   }
