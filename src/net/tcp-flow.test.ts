@@ -879,11 +879,11 @@ test('half-open flood at a live host port (guest never ACKs the SYN-ACK): flows 
 // ------------------------------------------------------------------------------------------------
 // Connections into the guest (published ports)
 
-test('published port: SYN into the guest (MSS, WS), handshake, data both ways', async (t) => {
+/** A host client on a "published" listener whose accepted socket goes to the stack: the stack's SYN into the guest. */
+async function publishedSyn(t: { after: (fn: () => unknown) => void }) {
   const srv = await hostServer();
   const g = new FakeGuest({ mtu: 1500 });
   fresh(t, g, srv);
-  // A host client connects to a "published" listener; the accepted socket goes to the stack.
   const client = net.connect({ host: '127.0.0.1', port: srv.port });
   t.after(() => client.destroy());
   const accepted = await srv.accepted();
@@ -892,7 +892,11 @@ test('published port: SYN into the guest (MSS, WS), handshake, data both ways', 
   g.input(tcpFrame({ dst: HOST_ALIAS, sport: 1, dport: 1, seq: 0, flags: RST }));
   assert.equal(g.stack.openTcpToGuest(GUEST_IP, 80, accepted), true);
   const synF = await g.next((f) => f.tcp !== undefined && (f.tcp.flags & SYN) !== 0);
-  const syn = synF.tcp!;
+  return { g, client, synF, syn: synF.tcp! };
+}
+
+test('published port: SYN into the guest (MSS, WS), handshake, data both ways', async (t) => {
+  const { g, client, synF, syn } = await publishedSyn(t);
   assert.equal(synF.ip!.src, HOST_ALIAS);
   assert.equal(synF.ip!.dst, GUEST_IP);
   assert.equal(syn.dport, 80);
@@ -922,16 +926,7 @@ test('published port: SYN into the guest (MSS, WS), handshake, data both ways', 
 });
 
 test('published port: a guest ISS just below 2^31 gets a sane window in the handshake ACK (the right edge starts at what our SYN offered)', async (t) => {
-  const srv = await hostServer();
-  const g = new FakeGuest({ mtu: 1500 });
-  fresh(t, g, srv);
-  const client = net.connect({ host: '127.0.0.1', port: srv.port });
-  t.after(() => client.destroy());
-  const accepted = await srv.accepted();
-  accepted.pause();
-  g.input(tcpFrame({ dst: HOST_ALIAS, sport: 1, dport: 1, seq: 0, flags: RST }));
-  assert.equal(g.stack.openTcpToGuest(GUEST_IP, 80, accepted), true);
-  const syn = (await g.next((f) => f.tcp !== undefined && (f.tcp.flags & SYN) !== 0)).tcp!;
+  const { g, syn } = await publishedSyn(t);
   // rcv.nxt within the receive budget below 2^31: the right edge of 0 looked "ahead" of it, and
   // the window came out negative (a RangeError that crashed the translator).
   const iss = 0x7fffff00;
