@@ -1,6 +1,4 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
-import { SYSTEM_PLUGIN_DIRS, removeCliPlugins } from '../daemon/cli-plugins.js';
+import { SYSTEM_PLUGIN_DIRS, berthPluginLinks, removeCliPlugins } from '../daemon/cli-plugins.js';
 import { describeDockerContext, dockerConfigDir, unregisterDockerContext } from '../daemon/docker-context.js';
 import type { BerthPaths } from '../settings/paths.js';
 import type { Out } from './render.js';
@@ -10,26 +8,9 @@ import type { Out } from './render.js';
  * `berth` context, links to the engine's compose and buildx plugins) and taking it away again
  * (docs/engine-packs.md "On the host").
  */
-async function ourPluginLinks(paths: BerthPaths): Promise<string[]> {
-  const dir = path.join(dockerConfigDir(), 'cli-plugins');
-  let names: string[] = [];
-  try {
-    names = await fs.readdir(paths.cliPluginsDir);
-  } catch {
-    return [];
-  }
-  const links: string[] = [];
-  for (const name of names) {
-    const link = path.join(dir, name);
-    const target = await fs.readlink(link).catch(() => undefined);
-    if (target === path.join(paths.cliPluginsDir, name)) links.push(link);
-  }
-  return links;
-}
-
 export async function dockerConfigShow(paths: BerthPaths, opts: { json: boolean }, out: Out): Promise<number> {
   const ctx = await describeDockerContext();
-  const links = await ourPluginLinks(paths);
+  const links = await berthPluginLinks({ berthDir: paths.cliPluginsDir });
   if (opts.json) {
     out.write(JSON.stringify({ dockerConfig: dockerConfigDir(), context: ctx, pluginLinks: links }, null, 2) + '\n');
     return 0;

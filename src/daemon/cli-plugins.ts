@@ -110,24 +110,28 @@ export async function installCliPlugins(plugins: Record<string, string>, places:
   return out;
 }
 
-/** Removes berth's plugin links (only links that point at berth's copies) and the copies. Returns the links removed. */
-export async function removeCliPlugins(places: PluginPlaces): Promise<string[]> {
+/** berth's plugin links in the user folder: those that point at berth's own copies. */
+export async function berthPluginLinks(places: PluginPlaces): Promise<string[]> {
   const userDir = userPluginDir(places.env);
-  const removed: string[] = [];
   let names: string[] = [];
   try {
     names = await fs.readdir(places.berthDir);
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') throw err;
   }
+  const links: string[] = [];
   for (const name of names) {
     const link = path.join(userDir, name);
     const st = await lstatOrUndefined(link);
-    if (st?.isSymbolicLink() && (await fs.readlink(link)) === path.join(places.berthDir, name)) {
-      await fs.rm(link);
-      removed.push(link);
-    }
+    if (st?.isSymbolicLink() && (await fs.readlink(link)) === path.join(places.berthDir, name)) links.push(link);
   }
+  return links;
+}
+
+/** Removes berth's plugin links (only links that point at berth's copies) and the copies. Returns the links removed. */
+export async function removeCliPlugins(places: PluginPlaces): Promise<string[]> {
+  const links = await berthPluginLinks(places);
+  for (const link of links) await fs.rm(link);
   await fs.rm(places.berthDir, { recursive: true, force: true });
-  return removed;
+  return links;
 }
