@@ -1,6 +1,5 @@
 import type { SerializedError } from '../util/errors.js';
 import type { ProgressEvent } from '../util/progress.js';
-import type { Accelerator } from '../vm/accel-probe.js';
 
 /**
  * Types of the daemon API (HTTP/1.1 over $BERTH_HOME/run/daemon.sock). The CLI, tests and future
@@ -29,7 +28,8 @@ export interface StatusReport {
   state: VmState;
   /** unix:// URL of the Docker API socket (valid while running). */
   dockerHost: string;
-  accelerator: Accelerator | null;
+  /** How the guest's CPU runs: kvm, hvf, whpx or tcg for the VM backend. */
+  accelerator: string | null;
   cpus: number;
   memoryMiB: number;
   diskGiB: number;

@@ -33,6 +33,8 @@ export class GuestSession extends EventEmitter {
   private readonly offsets: LogOffsets;
 
   constructor(
+    /** The Unix socket of the guest's control channel (LaunchedGuest.controlSocket). */
+    private readonly controlSocket: string,
     private readonly paths: BerthPaths,
     private readonly log: Logger,
   ) {
@@ -40,16 +42,16 @@ export class GuestSession extends EventEmitter {
     this.offsets = new LogOffsets(`${paths.runDir}/log-offsets.json`);
   }
 
-  /** Connects to QEMU's control socket (retrying while QEMU is still creating it). */
+  /** Connects to the control socket (retrying while the guest's launcher is still creating it). */
   connect(): void {
     const attempt = (tries: number) => {
       if (this.closed) return;
-      const s = net.connect(this.paths.controlSocket);
+      const s = net.connect(this.controlSocket);
       s.once('connect', () => this.attach(s));
       s.once('error', (err) => {
         if (this.closed) return;
         if (tries > 200) {
-          this.emit('error-final', new BerthError('AGENT_UNREACHABLE', `Cannot connect to the VM's control socket ${this.paths.controlSocket}.`, { cause: err }));
+          this.emit('error-final', new BerthError('AGENT_UNREACHABLE', `Cannot connect to the VM's control socket ${this.controlSocket}.`, { cause: err }));
           return;
         }
         setTimeout(() => attempt(tries + 1), 50);
@@ -116,6 +118,10 @@ export class GuestSession extends EventEmitter {
         return false;
       };
       const onEngine = (e: EngineReport) => void check(e);
+      const onClosed = () => {
+        done();
+        reject(sessionClosed());
+      };
       const timer = setTimeout(() => {
         done();
         reject(new BerthError('VM_START_TIMEOUT', `The VM was not ready within the start timeout: the Docker engine did not answer (engine state: ${this.engine?.state ?? 'unknown'}).`, {
@@ -125,8 +131,13 @@ export class GuestSession extends EventEmitter {
       const done = () => {
         clearTimeout(timer);
         this.off('engine', onEngine);
+        this.off('closed', onClosed);
       };
-      if (!check(this.engine)) this.on('engine', onEngine);
+      if (this.closed) onClosed();
+      else if (!check(this.engine)) {
+        this.on('engine', onEngine);
+        this.once('closed', onClosed);
+      }
     });
   }
 
@@ -142,9 +153,11 @@ export class GuestSession extends EventEmitter {
     return call(this.requireMux(), method, params, timeoutMs);
   }
 
+  /** Ends the session; waits still pending reject with AGENT_UNREACHABLE. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.emit('closed');
     this.mux?.close();
     this.socket?.destroy();
     this.offsets.flush();
@@ -158,24 +171,30 @@ export class GuestSession extends EventEmitter {
   }
 
   private waitFor<T>(event: string, timeoutMs: number, onTimeout: () => Error): Promise<T> {
+    if (this.closed) return Promise.reject(sessionClosed());
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const done = () => {
+        clearTimeout(timer);
         this.off(event, onEvent);
         this.off('error-final', onError);
+        this.off('closed', onClosed);
+      };
+      const timer = setTimeout(() => {
+        done();
         reject(onTimeout());
       }, timeoutMs);
       const onEvent = (v: T) => {
-        clearTimeout(timer);
-        this.off('error-final', onError);
+        done();
         resolve(v);
       };
       const onError = (err: Error) => {
-        clearTimeout(timer);
-        this.off(event, onEvent);
+        done();
         reject(err);
       };
+      const onClosed = () => onError(sessionClosed());
       this.once(event, onEvent);
       this.once('error-final', onError);
+      this.once('closed', onClosed);
     });
   }
 
@@ -207,6 +226,11 @@ export class GuestSession extends EventEmitter {
     mux.open('logs', { name, offset }).then(
       (stream) => {
         const out = fs.createWriteStream(hostFile, { flags: 'a', mode: 0o600 });
+        // A log that cannot be written (logs folder removed, disk full) costs the copy, not the daemon.
+        out.on('error', (err) => {
+          this.log.warn('cannot write a guest log on the host', { name, err: err.message });
+          stream.destroy();
+        });
         stream.on('data', (chunk: Buffer) => {
           out.write(chunk);
           this.offsets.add(bootId, name, chunk.length);
@@ -256,4 +280,8 @@ class LogOffsets {
       // the run dir is gone (VM stopped): nothing to keep
     }
   }
+}
+
+function sessionClosed(): BerthError {
+  return new BerthError('AGENT_UNREACHABLE', 'The session with the guest agent was closed while waiting for it.');
 }

@@ -6,6 +6,7 @@ import { acquireDaemonLock } from './lock.js';
 import { ApiServer } from './api-server.js';
 import { VmController } from './vm-controller.js';
 import { BuilderImageSource } from './image-source.js';
+import { QemuDriver } from '../vm/qemu-driver.js';
 
 /**
  * The berth daemon: one per berth home, started in the background by the CLI (`berth start`,
@@ -26,7 +27,9 @@ async function main(): Promise<void> {
   log.info('daemon starting', { pid: process.pid, home: paths.home });
   fs.writeFileSync(paths.daemonPidFile, `${process.pid}\n`, { mode: 0o600 });
 
-  const vm = new VmController(paths, new BuilderImageSource(paths.cache, log.child('image')), log.child('vm'));
+  // The composition root: the backend is chosen here and nowhere else (docs/backends.md).
+  const driver = new QemuDriver(paths, log.child('vm'));
+  const vm = new VmController(paths, new BuilderImageSource(paths.cache, log.child('image')), driver, log.child('vm'));
   let exiting = false;
   const exit = async (code: number) => {
     if (exiting) return;
