@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { isWithin } from '../util/paths.js';
 import { BerthError, errnoCode } from '../util/errors.js';
-import { MAX_SOCKET_PATH } from './paths.js';
+import { MAX_SOCKET_PATH } from '../util/unix-socket.js';
 
 /**
  * User settings, stored as JSON in $BERTH_HOME/settings.json. Every key is optional in the file;
