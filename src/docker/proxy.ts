@@ -9,17 +9,7 @@ import { compareVersions, matchRoute, MIN_API_VERSION, routePath, type RouteMatc
 import { decideJsonBody, type BodyDecision, type Decider } from './decide.js';
 import { PluginArchiveCheck } from './plugin-tar.js';
 import type { MountPolicy } from './mount-policy.js';
-
-/**
- * The host's Docker API socket (docs/docker-proxy.md): one mux stream to the guest's dockerd per
- * client connection. Every request is parsed (http1.ts), routed as dockerd routes it (target.ts,
- * routes.ts), its body decided on (decide.ts) and sent on **rebuilt**: the canonical target, the
- * client's end-to-end headers, and a body framed by the proxy (serialized from the checked value
- * where the body can name a path). Responses are copied unchanged, parsed only for where each one
- * ends, so refusals keep their place among pipelined answers and a hijack (attach, exec, BuildKit
- * session) is recognised: after it both directions are raw bytes.
- */
-export type StreamOpener = () => Promise<Duplex>;
+import type { StreamOpener } from './engine-client.js';
 
 /** A request that runs something in a container: a container start or restart, or an exec start. */
 export interface HeldRun {
@@ -75,6 +65,15 @@ export interface ApiHealth {
 /** Hop-by-hop and framing fields: the proxy writes its own. */
 const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'content-length', 'expect', 'upgrade']);
 
+/**
+ * The host's Docker API socket (docs/docker-proxy.md): one mux stream to the guest's dockerd per
+ * client connection. Every request is parsed (http1.ts), routed as dockerd routes it (target.ts,
+ * routes.ts), its body decided on (decide.ts) and sent on **rebuilt**: the canonical target, the
+ * client's end-to-end headers, and a body framed by the proxy (serialized from the checked value
+ * where the body can name a path). Responses are copied unchanged, parsed only for where each one
+ * ends, so refusals keep their place among pipelined answers and a hijack (attach, exec, BuildKit
+ * session) is recognised: after it both directions are raw bytes.
+ */
 export class DockerProxy {
   private readonly server: net.Server;
   private readonly conns = new Set<ClientConnection>();
