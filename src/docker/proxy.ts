@@ -5,7 +5,7 @@ import { listenUnix } from '../util/unix-socket.js';
 import { toBerthError } from '../util/errors.js';
 import { BodyReader, encodeChunk, list, parseRequestHead, parseResponseHead, requestFraming, responseFraming, single, type BodyFraming, type RequestHead } from './http1.js';
 import { bytesToText, formatTarget, parseTarget } from './target.js';
-import { compareVersions, matchRoute, MIN_API_VERSION, routePath, type RouteMatch } from './routes.js';
+import { compareVersions, matchRoute, MIN_API_VERSION, pathVersion, routePath, type RouteMatch } from './routes.js';
 import { decideJsonBody, type BodyDecision, type Decider } from './decide.js';
 import { PluginArchiveCheck } from './plugin-tar.js';
 import type { MountPolicy } from './mount-policy.js';
@@ -297,7 +297,7 @@ class ClientConnection {
     const t = parseTarget(head.target);
     if (!t.ok) return this.refuse(400, `berth: malformed request to the Docker API: ${t.reason}.`);
     const match = matchRoute(head.method, t.target.path);
-    const version = match?.version ?? /^\/v([0-9.]+)\//.exec(t.target.path)?.[1];
+    const version = match?.version ?? pathVersion(t.target.path);
     if (version !== undefined && compareVersions(version, MIN_API_VERSION) < 0) {
       return this.refuse(400, `berth: Docker API version ${version} is older than ${MIN_API_VERSION}, the oldest berth accepts (older ones let a container start change its mounts). Use a newer docker client.`);
     }
