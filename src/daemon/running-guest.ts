@@ -6,7 +6,7 @@ import type { Logger } from '../util/log.js';
 import { step, type ProgressListener } from '../util/progress.js';
 import type { BerthPaths } from '../settings/paths.js';
 import type { Settings } from '../settings/settings.js';
-import { DockerProxy, type MountPolicy } from '../docker/index.js';
+import { DockerProxy, dockerJson, type MountPolicy } from '../docker/index.js';
 import { GuestSession, type EngineReport, type GuestInfo } from './guest-session.js';
 import type { GuestNetwork } from './guest-network.js';
 import type { ResolvedImage } from './image-source.js';
@@ -16,7 +16,7 @@ import { NetService } from '../net/net-service.js';
 import type { FileService } from '../fs/file-service.js';
 import type { ShareSpec } from '../fs/share.js';
 import { MountTracker } from '../fs/mount-tracker.js';
-import { dockerJson } from '../ports/docker-api.js';
+
 import { isWithin } from '../util/paths.js';
 import { parseShareFailures, type ShareFailure } from '../control/share-mounts.js';
 import type { Attachment, LaunchedGuest } from '../vm/driver.js';

@@ -1,11 +1,10 @@
 import { decodeBody, parseJson, serializeJson, type Codec } from './go-json.js';
 import { containerCreateCodec, pluginSetCodec, privilegesCodec, serviceSpecCodec, volumeCreateCodec, pluginState, type PluginState } from './bodies.js';
 import { checkContainerCreate, checkPluginSet, checkPluginSettings, checkPrivileges, checkServiceSpec, checkVolumeCreate, refusalMessage, type Decision, type MountPolicy } from './mount-policy.js';
-import { dockerJson } from '../ports/docker-api.js';
+import { dockerJson, type StreamOpener } from './engine-client.js';
 import { bytesToText } from './target.js';
 import type { RouteMatch } from './routes.js';
 import type { BodyKind } from './route-table.js';
-import type { StreamOpener } from './proxy.js';
 
 /**
  * The bodies the proxy buffers (docs/docker-proxy.md step 4): checked JSON is decoded into a

@@ -5,21 +5,11 @@ import { listenUnix } from '../util/unix-socket.js';
 import { toBerthError } from '../util/errors.js';
 import { BodyReader, encodeChunk, list, parseRequestHead, parseResponseHead, requestFraming, responseFraming, single, type BodyFraming, type RequestHead } from './http1.js';
 import { bytesToText, formatTarget, parseTarget } from './target.js';
-import { compareVersions, matchRoute, MIN_API_VERSION, routePath, type RouteMatch } from './routes.js';
+import { compareVersions, matchRoute, MIN_API_VERSION, pathVersion, routePath, type RouteMatch } from './routes.js';
 import { decideJsonBody, type BodyDecision, type Decider } from './decide.js';
 import { PluginArchiveCheck } from './plugin-tar.js';
 import type { MountPolicy } from './mount-policy.js';
-
-/**
- * The host's Docker API socket (docs/docker-proxy.md): one mux stream to the guest's dockerd per
- * client connection. Every request is parsed (http1.ts), routed as dockerd routes it (target.ts,
- * routes.ts), its body decided on (decide.ts) and sent on **rebuilt**: the canonical target, the
- * client's end-to-end headers, and a body framed by the proxy (serialized from the checked value
- * where the body can name a path). Responses are copied unchanged, parsed only for where each one
- * ends, so refusals keep their place among pipelined answers and a hijack (attach, exec, BuildKit
- * session) is recognised: after it both directions are raw bytes.
- */
-export type StreamOpener = () => Promise<Duplex>;
+import type { StreamOpener } from './engine-client.js';
 
 /** A request that runs something in a container: a container start or restart, or an exec start. */
 export interface HeldRun {
@@ -75,6 +65,15 @@ export interface ApiHealth {
 /** Hop-by-hop and framing fields: the proxy writes its own. */
 const DROPPED_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'content-length', 'expect', 'upgrade']);
 
+/**
+ * The host's Docker API socket (docs/docker-proxy.md): one mux stream to the guest's dockerd per
+ * client connection. Every request is parsed (http1.ts), routed as dockerd routes it (target.ts,
+ * routes.ts), its body decided on (decide.ts) and sent on **rebuilt**: the canonical target, the
+ * client's end-to-end headers, and a body framed by the proxy (serialized from the checked value
+ * where the body can name a path). Responses are copied unchanged, parsed only for where each one
+ * ends, so refusals keep their place among pipelined answers and a hijack (attach, exec, BuildKit
+ * session) is recognised: after it both directions are raw bytes.
+ */
 export class DockerProxy {
   private readonly server: net.Server;
   private readonly conns = new Set<ClientConnection>();
@@ -298,7 +297,7 @@ class ClientConnection {
     const t = parseTarget(head.target);
     if (!t.ok) return this.refuse(400, `berth: malformed request to the Docker API: ${t.reason}.`);
     const match = matchRoute(head.method, t.target.path);
-    const version = match?.version ?? /^\/v([0-9.]+)\//.exec(t.target.path)?.[1];
+    const version = match?.version ?? pathVersion(t.target.path);
     if (version !== undefined && compareVersions(version, MIN_API_VERSION) < 0) {
       return this.refuse(400, `berth: Docker API version ${version} is older than ${MIN_API_VERSION}, the oldest berth accepts (older ones let a container start change its mounts). Use a newer docker client.`);
     }

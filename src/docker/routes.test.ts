@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cleanPath, formatTarget, parseTarget } from './target.js';
-import { compareVersions, matchRoute, routePath } from './routes.js';
+import { compareVersions, matchRoute, pathVersion, routePath } from './routes.js';
 
 /**
  * The proxy routes as dockerd routes: the decoded path, an optional version part that is any run
@@ -62,4 +62,15 @@ test("versions compare as dockerd's versions.compare does", () => {
   assert.equal(compareVersions('1.24.0', '1.24'), 0);
   assert.ok(compareVersions('1.41', '1.24') > 0);
   assert.ok(compareVersions('.', '1.24') < 0);
+});
+
+test("the API version of a path is read with the router's version pattern, with or without a route", () => {
+  assert.equal(pathVersion('/v1.41/containers/json'), '1.41');
+  assert.equal(pathVersion('/v1.23/no/such/endpoint'), '1.23');
+  assert.equal(pathVersion('/v./x'), '.');
+  assert.equal(pathVersion('/containers/json'), undefined);
+  assert.equal(pathVersion('/v1.41'), undefined);
+  assert.equal(pathVersion('/vx/containers/json'), undefined);
+  const m = route('GET', '/v1.41/containers/json');
+  assert.equal(m?.version, pathVersion('/v1.41/containers/json'));
 });

@@ -76,6 +76,16 @@ export function matchRoute(method: string, path: string): RouteMatch | undefined
   return undefined;
 }
 
+const VERSION_PREFIX = new RegExp(`^/v(${VERSION_PATTERN})/`);
+
+/**
+ * The API version a path names with dockerd's version pattern ("/v1.41/…" → "1.41"), whether or
+ * not a route matches the rest; undefined if it names none.
+ */
+export function pathVersion(path: string): string | undefined {
+  return VERSION_PREFIX.exec(path)?.[1];
+}
+
 /** The path dockerd would see for a match, built from its template (variables substituted). */
 export function routePath(m: RouteMatch): string {
   let p = m.route.path.replace(/\{([^}:]+)(?::[^}]*)?\}/g, (_, name: string) => m.vars[name] ?? '');

@@ -1,7 +1,6 @@
 import fs from 'node:fs';
 import type { Logger } from '../util/log.js';
-import { SupervisedWorker } from '../util/supervised-worker.js';
-import { workerLog } from '../net/net-service.js';
+import { SupervisedWorker, workerLog } from '../util/supervised-worker.js';
 import type { ShareSetting } from '../settings/settings.js';
 import type { FsWorkerConfig, FsWorkerMessage, ToFsWorker } from './fs-worker.js';
 import type { ActRequest } from '../control/actuator.js';

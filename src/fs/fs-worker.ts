@@ -6,6 +6,7 @@ import { Share, type ShareSpec } from './share.js';
 import { ChangeEvents } from './change-events.js';
 import type { ActRequest } from '../control/actuator.js';
 import { TicketBook, type Ticket } from './tickets.js';
+import type { WorkerLogRecord } from '../util/supervised-worker.js';
 
 /**
  * The file server's worker thread (docs/files.md): its own event loop and heap, so slow host
@@ -37,7 +38,7 @@ export type FsWorkerMessage =
   | { type: 'drained'; id: number }
   /** The roots of a 'roots' message are watched now. */
   | { type: 'rooted'; id: number }
-  | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> };
+  | WorkerLogRecord;
 
 const cfg = workerData as FsWorkerConfig;
 const port = parentPort!;

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
-import { isRunning } from '../ports/docker-api.js';
+import { isRunning } from '../docker/index.js';
 import { isWithin } from '../util/paths.js';
 
 /**

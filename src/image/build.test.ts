@@ -10,7 +10,7 @@ import type { ProgressEvent } from '../util/progress.js';
 import { buildImage, buildPack, findImage, IMAGE_FILES, upstreamVersion, type BuildOptions, type ImageVersions } from './build.js';
 import { computeImageKey } from './cache-key.js';
 import { checkHostTools } from './host-tools.js';
-import { sampleManifest } from './manifest-fixture.js';
+import { sampleManifest } from '../../test/support/manifest-fixture.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 

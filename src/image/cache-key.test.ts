@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { BerthError } from '../util/errors.js';
 import { canonicalJson, computeImageKey, snapshotPackInputs } from './cache-key.js';
-import { sampleManifest } from './manifest-fixture.js';
+import { sampleManifest } from '../../test/support/manifest-fixture.js';
 
 async function fixture(): Promise<{ dir: string; opts: { manifestPath: string; guestDir: string; agentBundle: string } }> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'berth-key-'));

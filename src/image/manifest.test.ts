@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BerthError } from '../util/errors.js';
-import { sampleManifest } from './manifest-fixture.js';
+import { sampleManifest } from '../../test/support/manifest-fixture.js';
 import { findPack, loadManifest, parseManifest, packageName, validateManifest } from './manifest.js';
 import { DEFAULT_ENGINE } from '../settings/settings.js';
 

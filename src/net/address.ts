@@ -39,16 +39,28 @@ export interface Subnet {
   mask: Ip4;
 }
 
-/** Parses "a.b.c.d/n"; undefined if malformed or if host bits are set. */
-export function parseSubnet(text: string): Subnet | undefined {
+/** The netmask of a prefix length from 0 to 32 (24 → 255.255.255.0). */
+export function prefixMask(prefix: number): Ip4 {
+  return prefix <= 0 ? 0 : (0xffffffff << (32 - Math.min(prefix, 32))) >>> 0;
+}
+
+/** Parses "a.b.c.d/n" (n from 0 to 32) as written, host bits and all; undefined if malformed. */
+export function parseCidr(text: string): { ip: Ip4; prefix: number } | undefined {
   const m = /^([^/]+)\/(\d{1,2})$/.exec(text);
   if (!m) return undefined;
-  const network = parseIp4(m[1]!);
+  const ip = parseIp4(m[1]!);
   const prefix = Number(m[2]);
-  if (network === undefined || prefix > 32) return undefined;
-  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-  if ((network & ~mask) >>> 0 !== 0) return undefined;
-  return { network, prefix, mask };
+  if (ip === undefined || prefix > 32) return undefined;
+  return { ip, prefix };
+}
+
+/** Parses "a.b.c.d/n"; undefined if malformed or if host bits are set. */
+export function parseSubnet(text: string): Subnet | undefined {
+  const c = parseCidr(text);
+  if (!c) return undefined;
+  const mask = prefixMask(c.prefix);
+  if ((c.ip & ~mask) >>> 0 !== 0) return undefined;
+  return { network: c.ip, prefix: c.prefix, mask };
 }
 
 export function inSubnet(ip: Ip4, s: Subnet): boolean {

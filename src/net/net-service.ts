@@ -1,5 +1,5 @@
-import type { LogFields, Logger } from '../util/log.js';
-import { SupervisedWorker } from '../util/supervised-worker.js';
+import type { Logger } from '../util/log.js';
+import { SupervisedWorker, workerLog } from '../util/supervised-worker.js';
 import type { ForwardSpec, ForwardState } from './port-forwarder.js';
 import type { FromWorker, NetWorkerConfig, ToWorker } from './worker-protocol.js';
 
@@ -129,13 +129,4 @@ export class NetService {
         break;
     }
   }
-}
-
-/** A worker's log record into the daemon's log (fields flattened to loggable values). */
-export function workerLog(log: Logger, level: 'debug' | 'info' | 'warn', msg: string, raw: Record<string, unknown> = {}): void {
-  const fields: LogFields = {};
-  for (const [k, v] of Object.entries(raw)) fields[k] = v === null || ['string', 'number', 'boolean'].includes(typeof v) ? (v as string) : JSON.stringify(v);
-  if (level === 'warn') log.warn(msg, fields);
-  else if (level === 'info') log.info(msg, fields);
-  else log.debug(msg, fields);
 }

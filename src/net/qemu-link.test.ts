@@ -29,7 +29,7 @@ import {
   waitUntil,
   type GuestConn,
   type OutFrame,
-} from './fake-guest.js';
+} from '../../test/support/fake-guest.js';
 
 /**
  * QEMU's `-netdev stream` framing (4-byte big-endian length + frame) and fuzzing of everything a

@@ -37,7 +37,7 @@ import {
   waitUntil,
   within,
   type OutFrame,
-} from './fake-guest.js';
+} from '../../test/support/fake-guest.js';
 
 /**
  * The stack below TCP (docs/network.md, dataplane notes §5): ARP for the translator's own

@@ -32,7 +32,7 @@ import {
   type FakeHost,
   type GuestConn,
   type OutTcp,
-} from './fake-guest.js';
+} from '../../test/support/fake-guest.js';
 
 /**
  * TCP translation, packet by packet (docs/network.md "TCP translation", dataplane notes §4): a

@@ -1,5 +1,6 @@
 import type { ForwardSpec, ForwardState } from './port-forwarder.js';
 import type { StackStats } from './stack.js';
+import type { WorkerLogRecord } from '../util/supervised-worker.js';
 
 /** Messages between the daemon (NetService) and the translator's worker thread. */
 
@@ -27,5 +28,5 @@ export type FromWorker =
   | { type: 'link'; up: boolean }
   | { type: 'forward-states'; states: ForwardState[] }
   | { type: 'stats'; id: number; stats: StackStats & { link: { sent: number; received: number; up: boolean } } }
-  | { type: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields?: Record<string, unknown> }
+  | WorkerLogRecord
   | { type: 'stopped' };

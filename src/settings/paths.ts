@@ -85,6 +85,3 @@ export function packageRoot(): string {
   // This file is dist/src/settings/paths.js at run time.
   return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 }
-
-/** Unix socket paths are limited to 107 bytes on Linux (sun_path is 108 with the NUL). */
-export const MAX_SOCKET_PATH = 107;

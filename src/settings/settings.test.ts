@@ -41,6 +41,16 @@ test('invalid values name the key and the accepted range', () => {
   assert.throws(() => validateSettings([], 'f'), /JSON object/);
 });
 
+test('network.subnet: an IPv4 network from /8 to /24 with no host bits, clear of what the VM itself uses', () => {
+  for (const ok of ['198.19.248.0/24', '10.0.0.0/8', '192.168.0.0/16', '172.32.0.0/16']) {
+    assert.equal(validateSettings({ 'network.subnet': ok }, 'f')['network.subnet'], ok);
+  }
+  assert.throws(() => validateSettings({ 'network.subnet': '198.19.248.1/24' }, 'f'), /host bits are set/);
+  for (const bad of ['198.19.248.0/25', '10.0.0.0/7', '198.19.248.0', '198.19.256.0/24', '127.0.0.0/8', '169.254.0.0/16', '172.17.0.0/16', '172.0.0.0/8', '224.0.0.0/8', '0.0.0.0/8']) {
+    assert.throws(() => validateSettings({ 'network.subnet': bad }, 'f'), /"network.subnet".*CIDR form/, bad);
+  }
+});
+
 test('shares: readOnly and cache are true or false; other keys are refused', () => {
   const s = validateSettings({ shares: [{ path: '/home/me', cache: true }, { path: '/data', readOnly: true, cache: false }] }, 'f');
   assert.deepEqual(s.shares, [{ path: '/home/me', cache: true }, { path: '/data', readOnly: true, cache: false }]);

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { isWithin } from '../util/paths.js';
 import { BerthError, errnoCode } from '../util/errors.js';
-import { MAX_SOCKET_PATH } from './paths.js';
+import { MAX_SOCKET_PATH } from '../util/unix-socket.js';
+import { parseCidr, prefixMask } from '../net/address.js';
 
 /**
  * User settings, stored as JSON in $BERTH_HOME/settings.json. Every key is optional in the file;
@@ -206,20 +207,16 @@ export function parseExtraForward(text: string): ExtraForward | undefined {
  * 172.16.0.0/12 (docker0 is 172.17.0.0/16 inside the VM).
  */
 function subnetProblem(text: string): string | undefined {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(text);
   const what = 'an IPv4 network of /24 or larger in CIDR form, like "198.19.248.0/24", not inside 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/4 or Docker\'s 172.16.0.0/12';
-  if (!m) return what;
-  const octets = m.slice(1, 5).map(Number);
-  const prefix = Number(m[5]);
-  if (octets.some((o) => o > 255) || prefix < 8 || prefix > 24) return what;
-  const ip = ((octets[0]! << 24) | (octets[1]! << 16) | (octets[2]! << 8) | octets[3]!) >>> 0;
-  const mask = (0xffffffff << (32 - prefix)) >>> 0;
-  if ((ip & ~mask) >>> 0 !== 0) return `${what} (host bits are set)`;
+  const cidr = parseCidr(text);
+  if (!cidr || cidr.prefix < 8 || cidr.prefix > 24) return what;
+  const { ip, prefix } = cidr;
+  if ((ip & ~prefixMask(prefix)) >>> 0 !== 0) return `${what} (host bits are set)`;
   const overlaps = (net: number, bits: number) => {
-    const m2 = (0xffffffff << (32 - Math.min(bits, prefix))) >>> 0;
-    return ((ip & m2) >>> 0) === ((net & m2) >>> 0);
+    const m = prefixMask(Math.min(bits, prefix));
+    return ((ip & m) >>> 0) === ((net & m) >>> 0);
   };
-  if (overlaps(0x7f000000, 8) || overlaps(0xa9fe0000, 16) || overlaps(0xe0000000, 4) || overlaps(0xac100000, 12) || octets[0] === 0) return what;
+  if (overlaps(0x7f000000, 8) || overlaps(0xa9fe0000, 16) || overlaps(0xe0000000, 4) || overlaps(0xac100000, 12) || ip >>> 24 === 0) return what;
   return undefined;
 }
 

@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import type { Logger } from './log.js';
+import type { LogFields, Logger } from './log.js';
 
 /**
  * A worker thread the daemon keeps alive (the network translator, the file server): started with a
@@ -117,4 +117,21 @@ export class SupervisedWorker<In extends { type: string }, Out> {
       }
     }, delay).unref();
   }
+}
+
+/** A log line a worker posts to the daemon; the daemon writes it with `workerLog`. */
+export interface WorkerLogRecord {
+  type: 'log';
+  level: 'debug' | 'info' | 'warn';
+  msg: string;
+  fields?: Record<string, unknown>;
+}
+
+/** A worker's log record into the daemon's log (fields flattened to loggable values). */
+export function workerLog(log: Logger, level: WorkerLogRecord['level'], msg: string, raw: Record<string, unknown> = {}): void {
+  const fields: LogFields = {};
+  for (const [k, v] of Object.entries(raw)) fields[k] = v === null || ['string', 'number', 'boolean'].includes(typeof v) ? (v as string) : JSON.stringify(v);
+  if (level === 'warn') log.warn(msg, fields);
+  else if (level === 'info') log.info(msg, fields);
+  else log.debug(msg, fields);
 }

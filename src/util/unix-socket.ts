@@ -1,7 +1,9 @@
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import { BerthError, errnoCode } from './errors.js';
-import { MAX_SOCKET_PATH } from '../settings/paths.js';
+
+/** Unix socket paths are limited to 107 bytes on Linux (sun_path is 108 with the NUL). */
+export const MAX_SOCKET_PATH = 107;
 
 /**
  * Safe creation of our listening Unix sockets.

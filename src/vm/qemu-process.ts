@@ -104,8 +104,8 @@ export class QemuProcess extends EventEmitter {
    * if the pid file points at a process that is not this home's QEMU (pid reuse).
    */
   static async adopt(pidFile: string, qmpSocket: string, instanceTag: string, log: Logger): Promise<QemuProcess | undefined> {
-    const pid = await readPid(pidFile);
-    if (pid === undefined || !isOurQemu(pid, instanceTag)) return undefined;
+    const pid = await runningQemuPid(pidFile, instanceTag);
+    if (pid === undefined) return undefined;
     let qmp: QmpClient;
     try {
       qmp = await QmpClient.connect(qmpSocket, 5_000);
@@ -175,7 +175,7 @@ export class QemuProcess extends EventEmitter {
   }
 }
 
-export async function readPid(file: string): Promise<number | undefined> {
+async function readPid(file: string): Promise<number | undefined> {
   try {
     const n = Number.parseInt((await fsp.readFile(file, 'utf8')).trim(), 10);
     return Number.isInteger(n) && n > 1 ? n : undefined;
@@ -200,8 +200,17 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/**
+ * The pid of this home's QEMU if one runs: the pid file names a live process whose command line
+ * carries the home's UUID (so a reused pid is not mistaken for it); else undefined. Only reads.
+ */
+export async function runningQemuPid(pidFile: string, instanceTag: string): Promise<number | undefined> {
+  const pid = await readPid(pidFile);
+  return pid !== undefined && isOurQemu(pid, instanceTag) ? pid : undefined;
+}
+
 /** Checks /proc/<pid>/cmdline for the UUID this berth home gives its QEMU. */
-export function isOurQemu(pid: number, instanceTag: string): boolean {
+function isOurQemu(pid: number, instanceTag: string): boolean {
   if (!pidAlive(pid)) return false;
   try {
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');

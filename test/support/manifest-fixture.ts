@@ -1,4 +1,4 @@
-/** Shared fixtures for the image builder's unit tests (not used by the builder itself). */
+/** Shared fixtures for the image builder's unit tests (src/image/*.test.ts); the builder itself never imports them. */
 
 /** A valid manifest in the shape of guest/manifest.json (a copy: that file changes independently). */
 export function sampleManifest(): Record<string, unknown> {

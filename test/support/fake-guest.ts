@@ -1,10 +1,10 @@
 import net from 'node:net';
 import { Duplex } from 'node:stream';
-import { parseIp4, parseMac, formatIp4, type Ip4 } from './address.js';
-import { FRAME_PREFIX } from './ethernet.js';
-import type { Pinger } from './icmp-service.js';
-import { planFor, type NetPlan } from './policy.js';
-import { Stack, type DhcpResponder, type DnsResponder, type StackTuning } from './stack.js';
+import { parseIp4, parseMac, formatIp4, type Ip4 } from '../../src/net/address.js';
+import { FRAME_PREFIX } from '../../src/net/ethernet.js';
+import type { Pinger } from '../../src/net/icmp-service.js';
+import { planFor, type NetPlan } from '../../src/net/policy.js';
+import { Stack, type DhcpResponder, type DnsResponder, type StackTuning } from '../../src/net/stack.js';
 
 /**
  * Test harness for the translator (not a test file): a fake guest that builds frames byte by byte
@@ -76,7 +76,7 @@ export const slt = (a: number, b: number): boolean => sdiff(a, b) < 0;
 export const sleq = (a: number, b: number): boolean => sdiff(a, b) <= 0;
 
 // ------------------------------------------------------------------------------------------------
-// Checksums: a straightforward RFC 1071 implementation, independent of checksum.ts.
+// Checksums: a straightforward RFC 1071 implementation, independent of src/net/checksum.ts.
 
 function onesSum(bufs: Uint8Array[], initial = 0): number {
   let sum = initial;

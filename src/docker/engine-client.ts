@@ -4,8 +4,10 @@ import type { Duplex } from 'node:stream';
 /**
  * A minimal client of the engine's HTTP API over a stream the caller opens (a mux stream to the
  * guest's dockerd socket). What dockerd answers is guest data: bodies are bounded and parsed as
- * JSON here, and the callers validate the shapes they use (forwards.ts).
+ * JSON here, and the callers validate the shapes they use (ports/forwards.ts, fs/mount-tracker.ts).
  */
+
+/** Opens a new stream to the guest's dockerd socket: one per HTTP connection, never reused. */
 export type StreamOpener = () => Promise<Duplex>;
 
 const MAX_BODY = 8 * 1024 * 1024;
