@@ -16,7 +16,6 @@ import { NetService } from '../net/net-service.js';
 import type { FileService } from '../fs/file-service.js';
 import type { ShareSpec } from '../fs/share.js';
 import { MountTracker } from '../fs/mount-tracker.js';
-
 import { isWithin } from '../util/paths.js';
 import { parseShareFailures, type ShareFailure } from '../control/share-mounts.js';
 import type { Attachment, LaunchedGuest } from '../vm/driver.js';
