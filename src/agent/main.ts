@@ -5,7 +5,7 @@ import type { Duplex } from 'node:stream';
 import { Logger } from '../util/log.js';
 import { Mux, type MuxLink } from '../control/mux.js';
 import { serveRpc } from '../control/rpc.js';
-import { CONTROL_PORT_NAME } from '../vm/qemu-args.js';
+import { CONTROL_PORT_NAME } from '../control/ports.js';
 import { PortLink, findPort } from './port-link.js';
 import { Engine, GUEST_ENGINE_PATHS } from './engine.js';
 import { parseExecMeta, runExec } from './exec-service.js';
