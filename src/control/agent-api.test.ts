@@ -1,9 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { AGENT_API, MAX_AGENT_MESSAGE, MAX_PATHS, parseAgentError, type AgentMethod } from './agent-api.js';
 import { ACTUATOR_UID_MIN, ACTUATOR_UID_MAX } from './actuator.js';
 import { parseShareFailures } from './share-mounts.js';
+import { Mux } from './mux.js';
+import { linkPair } from './memory-link.js';
+import { call, serveAgentApi } from './rpc.js';
 import { BerthError } from '../util/errors.js';
+import { fakeAgentHandlers } from '../../test/support/fake-agent.js';
 
 /**
  * The agent's RPC table (docs/control.md "RPC"): the agent refuses params the table does not
@@ -248,4 +253,45 @@ test('an agent error: only USAGE and ENGINE_FAILED keep their code; the message 
   assert.ok(hostile.message.endsWith('…'));
   assert.ok(!/rm -rf/.test(hostile.hint ?? ''), 'the guest\'s hint is not shown');
   assert.ok(!/[\x00-\x1f]/.test(String(hostile.details?.guestCode)));
+});
+
+test('a call over a real Mux pair: typed result, refused params, handler errors, a result the host refuses', async () => {
+  const [a, b] = linkPair({ split: true });
+  const host = new Mux(a, { role: 'host', helloIntervalMs: 20 });
+  const guest = new Mux(b, { role: 'guest', helloIntervalMs: 20 });
+  await once(host, 'session');
+  const calls: Array<[string, unknown]> = [];
+  const handlers = fakeAgentHandlers(calls);
+  serveAgentApi(guest, {
+    ...handlers,
+    'fs.act': async () => {
+      throw Object.assign(new Error(`permission denied\x1b]0;pwned\x07 ${'z'.repeat(5000)}`), { code: 'EACCES', hint: 'trust me' });
+    },
+    'engine.restart': async () => {
+      throw Object.assign(new Error('dockerd exited'), { code: 'ENGINE_FAILED' });
+    },
+    'fs.verify': async (p) => ({ results: p.paths.map((path) => ({ path: path.slice(1), resolved: '/etc', kind: 'dir' as const })) }),
+  });
+
+  const pinned = await call(host, 'fs.pin', { paths: ['/s/a', '/s/b'], dropCaches: true }, 1000);
+  assert.deepEqual(pinned, { pinned: { '/s/a': 1, '/s/b': 1 }, total: 2 });
+  assert.deepEqual(calls, [['fs.pin', { paths: ['/s/a', '/s/b'], dropCaches: true }]]);
+  assert.deepEqual(await call(host, 'system.shutdown', { engineTimeoutMs: 1e9 }, 1000), { engineForced: false, unmounted: true });
+  assert.deepEqual(calls[1], ['system.shutdown', { engineTimeoutMs: 20_000 }], 'the handler got the checked params');
+
+  await assert.rejects(call(host, 'fs.unpin', { paths: ['relative'] }, 1000), refusedWith('USAGE', 'fs.unpin', 'paths'));
+  assert.equal(calls.length, 2, 'refused params never reach the handler');
+
+  await assert.rejects(call(host, 'fs.act', { op: 'pin', path: '/s/a' }, 1000), (e: unknown) => {
+    assert.ok(e instanceof BerthError);
+    assert.equal(e.code, 'AGENT_ERROR');
+    assert.equal(e.details?.guestCode, 'EACCES');
+    assert.ok(e.message.startsWith('The guest agent failed fs.act: permission denied ]0;pwned zzz'), e.message.slice(0, 80));
+    assert.ok(e.message.length < 1100);
+    assert.notEqual(e.hint, 'trust me');
+    return true;
+  });
+  await assert.rejects(call(host, 'engine.restart', { timeoutMs: 1000 }, 1000), refusedWith('ENGINE_FAILED', 'dockerd exited'));
+  await assert.rejects(call(host, 'fs.verify', { paths: ['/s/a'] }, 1000), refusedWith('MUX_PROTOCOL', 'fs.verify', 'results[0].path'));
+  host.close();
 });
