@@ -180,10 +180,14 @@ function remountParams(p: unknown): FsRemountParams {
   return { tickets: Object.fromEntries(Object.entries(tickets).map(([id, t]) => [id, String(t)])) };
 }
 
+function isActOp(v: unknown): v is ActOp {
+  return ACT_OPS.some((op) => op === v);
+}
+
 function actParams(p: unknown): ActRequest {
   const o = fieldsOf(p);
-  if (!ACT_OPS.includes(o.op as ActOp)) throw usage('fs.act', `op must be one of ${ACT_OPS.join(', ')}`);
-  const op = o.op as ActOp;
+  const op = o.op;
+  if (!isActOp(op)) throw usage('fs.act', `op must be one of ${ACT_OPS.join(', ')}`);
   const replayed = REPLAYED_OPS.includes(op);
   if (replayed ? !isActuatorUid(o.uid) : o.uid !== undefined && !isActuatorUid(o.uid)) {
     throw usage('fs.act', `uid must be an actuator uid${replayed ? ` (${op} needs one)` : ''}`);
