@@ -5,6 +5,7 @@ import type { Logger } from '../util/log.js';
 import type { ActOp, ActRequest } from '../control/actuator.js';
 import { isWithin } from '../util/paths.js';
 import { SHARE_FAILURES_FILE, parseShareFailuresFile, type ShareFailure } from '../control/share-mounts.js';
+import type { VerifyResult } from '../control/agent-api.js';
 
 /** Held by init until the boot's share mounts are over (guest/rootfs/usr/lib/berth/init). */
 const CONTAINERD_GATE = '/run/berth/containerd-gate';
@@ -219,7 +220,7 @@ export class SharedFolders {
    * stale), so a host that swaps the folder for a link after this check does not change what is
    * mounted.
    */
-  verify(p: string): { path: string; resolved: string | null; kind: 'dir' | 'file' | 'other' | 'symlink' | 'missing' } {
+  verify(p: string): VerifyResult {
     let fd: number;
     try {
       fd = fs.openSync(p, O_PATH);

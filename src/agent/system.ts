@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import type { Logger } from '../util/log.js';
 import type { Engine } from './engine.js';
+import type { ByteCounts, SystemInfo } from '../control/agent-api.js';
 
 /**
  * System-level requests: information for `berth status`/diagnostics, and the clean shutdown
@@ -37,8 +38,9 @@ export function readImageKey(): string {
   }
 }
 
-export function systemInfo(): Record<string, unknown> {
-  let disk: Record<string, number> | undefined;
+/** system.info's fields about the VM (the agent adds its own and the engine's). */
+export function systemInfo(): Omit<SystemInfo, 'agentVersion' | 'imageKey' | 'engine' | 'streams'> {
+  let disk: ByteCounts | undefined;
   try {
     const s = fs.statfsSync('/mnt/data');
     disk = { totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize };

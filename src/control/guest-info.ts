@@ -48,21 +48,26 @@ export function parseEngineReport(v: unknown): EngineReport {
   return out;
 }
 
-export function parseGuestInfo(v: unknown): GuestInfo {
-  const o = (v && typeof v === 'object' ? v : {}) as Record<string, unknown>;
+/** Boot marks: at most 32, names of 1-32 word characters, dots or dashes, finite times; the rest is dropped. */
+export function parseBootTimes(v: unknown): Record<string, number> {
   const bootTimes: Record<string, number> = {};
-  if (o.bootTimes && typeof o.bootTimes === 'object') {
-    for (const [k, t] of Object.entries(o.bootTimes as Record<string, unknown>).slice(0, 32)) {
+  if (v && typeof v === 'object') {
+    for (const [k, t] of Object.entries(v as Record<string, unknown>).slice(0, 32)) {
       const n = num(t);
       if (n !== undefined && /^[\w.-]{1,32}$/.test(k)) bootTimes[k] = n;
     }
   }
+  return bootTimes;
+}
+
+export function parseGuestInfo(v: unknown): GuestInfo {
+  const o = (v && typeof v === 'object' ? v : {}) as Record<string, unknown>;
   return {
     bootId: str(o.bootId, 64),
     agentVersion: str(o.agentVersion, 64),
     imageKey: str(o.imageKey, 128),
     kernel: str(o.kernel, 128),
-    bootTimes,
+    bootTimes: parseBootTimes(o.bootTimes),
     agentStartMs: num(o.agentStartMs) ?? 0,
     engine: parseEngineReport(o.engine),
   };

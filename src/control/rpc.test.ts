@@ -2,27 +2,55 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { Mux } from './mux.js';
-import { call, serveRpc } from './rpc.js';
+import { call, serveAgentApi } from './rpc.js';
+import { fakeAgentHandlers } from '../../test/support/fake-agent.js';
 import { linkPair } from './memory-link.js';
 import { BerthError } from '../util/errors.js';
 import { ExecRecordDecoder, ExecRecordType, encodeExecRecord } from './exec-protocol.js';
 
-test('rpc: results, errors with code and hint, unknown methods, timeouts', async () => {
+/** A host and a guest Mux over an in-memory link, with a session between them. */
+async function pair(): Promise<{ host: Mux; guest: Mux }> {
   const [a, b] = linkPair({ split: true });
   const host = new Mux(a, { role: 'host', helloIntervalMs: 20 });
   const guest = new Mux(b, { role: 'guest', helloIntervalMs: 20 });
   await once(host, 'session');
-  serveRpc(guest, {
-    add: async (p) => (p as { x: number; y: number }).x + (p as { x: number; y: number }).y,
-    fail: async () => {
-      throw Object.assign(new Error('engine is on fire'), { code: 'ENGINE_FAILED', hint: 'call the fire brigade' });
-    },
-    slow: () => new Promise((r) => setTimeout(r, 1000)),
+  return { host, guest };
+}
+
+/** The document an `rpc` stream answers for `method`. */
+async function rawCall(host: Mux, method: string, body: string): Promise<unknown> {
+  const stream = await host.open('rpc', { method });
+  stream.end(body);
+  const parts: Buffer[] = [];
+  for await (const d of stream) parts.push(d as Buffer);
+  return JSON.parse(Buffer.concat(parts).toString('utf8'));
+}
+
+test('rpc transport: unknown methods and unreadable params answer an error; a silent agent times out', async () => {
+  const { host, guest } = await pair();
+  serveAgentApi(guest, {
+    ...fakeAgentHandlers(),
+    'engine.status': () => new Promise((r) => setTimeout(() => r({ state: 'ready' }), 1000)),
   });
-  assert.equal(await call(host, 'add', { x: 2, y: 3 }, 1000), 5);
-  await assert.rejects(call(host, 'fail', null, 1000), (e: unknown) => e instanceof BerthError && e.code === 'ENGINE_FAILED' && e.hint === 'call the fire brigade');
-  await assert.rejects(call(host, 'toString', null, 1000), /no such method/);
-  await assert.rejects(call(host, 'slow', null, 100), /did not answer slow within/);
+  assert.deepEqual(await rawCall(host, 'toString', 'null'), { ok: false, error: { code: 'USAGE', message: 'no such method "toString"' } });
+  const bad = (await rawCall(host, 'fs.unpin', '{not json')) as { ok: boolean; error: { code: string } };
+  assert.equal(bad.ok, false);
+  assert.equal(bad.error.code, 'INTERNAL');
+  assert.deepEqual(await rawCall(host, 'fs.unpin', JSON.stringify({ paths: ['/a'] })), { ok: true, result: { total: 0 } });
+  await assert.rejects(call(host, 'engine.status', {}, 100), (e: unknown) => e instanceof BerthError && e.code === 'AGENT_UNREACHABLE' && /did not answer engine.status within/.test(e.message));
+  host.close();
+});
+
+test('rpc transport: an answer that is not JSON, or not an object, is a protocol error', async () => {
+  const { host, guest } = await pair();
+  const answers = ['{"ok":tru', 'null', '[1]', '"ok"'];
+  guest.handle('rpc', (stream) => {
+    stream.resume();
+    stream.end(answers.shift());
+  });
+  for (let i = 0; i < 4; i++) {
+    await assert.rejects(call(host, 'engine.status', {}, 1000), (e: unknown) => e instanceof BerthError && e.code === 'MUX_PROTOCOL', `answer ${i}`);
+  }
   host.close();
 });
 

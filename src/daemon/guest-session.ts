@@ -8,6 +8,7 @@ import type { BerthPaths } from '../settings/paths.js';
 import { Mux } from '../control/mux.js';
 import { socketLink } from '../control/socket-link.js';
 import { call } from '../control/rpc.js';
+import type { AgentMethod, ParamsOf, ResultOf } from '../control/agent-api.js';
 import { parseGuestInfo, parseEngineEvent, type EngineReport, type GuestInfo } from '../control/guest-info.js';
 import { LineSplitter } from '../control/lines.js';
 import type { ExecRequest } from './api-types.js';
@@ -149,7 +150,8 @@ export class GuestSession extends EventEmitter {
     return this.requireMux().open('exec', req as unknown as Record<string, unknown>);
   }
 
-  rpc(method: string, params: unknown, timeoutMs: number): Promise<unknown> {
+  /** Calls an agent method (control/agent-api.ts); the result is checked against the method's table entry. */
+  rpc<M extends AgentMethod>(method: M, params: ParamsOf<M>, timeoutMs: number): Promise<ResultOf<M>> {
     return call(this.requireMux(), method, params, timeoutMs);
   }
 

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { MountTracker, type MountTrackerDeps } from './mount-tracker.js';
 import { silentLogger } from '../util/log.js';
+import type { VerifyResult } from '../control/agent-api.js';
 
 /**
  * Which shared folders containers bind-mount (docs/files.md "Change events"): only bind sources
@@ -19,7 +20,7 @@ interface Fake {
   watches: string[][];
   fail: { inspect?: 'throw' | 'reject'; pin?: 'throw' | 'reject'; unpin?: 'reject'; verify?: 'reject' };
   /** What the VM resolves a path to (fs.verify); default: itself, a folder. */
-  vm: Map<string, { resolved: string | null; kind: string }>;
+  vm: Map<string, Omit<VerifyResult, 'path'>>;
 }
 
 function fake(shares: string[] = ['/home/me', '/tmp']): Fake {
@@ -51,7 +52,7 @@ function fake(shares: string[] = ['/home/me', '/tmp']): Fake {
     verify: (paths) => {
       f.calls.push(`verify ${paths.join(',')}`);
       if (f.fail.verify === 'reject') return Promise.reject(new Error('agent gone'));
-      return Promise.resolve({ results: paths.map((p) => ({ path: p, ...(f.vm.get(p) ?? { resolved: p, kind: 'dir' }) })) });
+      return Promise.resolve({ results: paths.map((p) => ({ path: p, ...(f.vm.get(p) ?? { resolved: p, kind: 'dir' as const }) })) });
     },
     unpin: (paths) => {
       f.calls.push(`unpin ${paths.join(',')}`);

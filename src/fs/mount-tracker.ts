@@ -2,6 +2,7 @@ import path from 'node:path';
 import type { Logger } from '../util/log.js';
 import { isRunning } from '../docker/index.js';
 import { isWithin } from '../util/paths.js';
+import type { FsVerifyResult } from '../control/agent-api.js';
 
 /**
  * Which shared folders containers have bind-mounted, so their host changes are followed and
@@ -17,8 +18,8 @@ export interface MountTrackerDeps {
   /** `docker inspect` of a container (guest data, validated here). */
   inspect: (id: string) => Promise<unknown>;
   pin: (paths: string[]) => Promise<void>;
-  /** What the VM resolves each path to now (agent fs.verify: guest data, checked here). */
-  verify: (paths: string[]) => Promise<unknown>;
+  /** What the VM resolves each path to now (agent fs.verify, checked by its table entry). */
+  verify: (paths: string[]) => Promise<FsVerifyResult>;
   unpin: (paths: string[]) => Promise<void>;
   /** The folders whose changes the file server should follow now; resolves once it does. */
   watch: (paths: string[]) => void | Promise<void>;
@@ -68,18 +69,17 @@ export class MountTracker {
     }
     const sources = this.sources(inspect);
     if (sources.length === 0) return undefined;
-    let answer: unknown;
+    let answer: FsVerifyResult;
     try {
       answer = await this.d.verify(sources);
     } catch (err) {
       return `berth: could not check this container's bind mounts in the VM (${(err as Error).message}); it is not started. Try again, or run \`berth restart\`.`;
     }
-    const results = (answer as { results?: unknown })?.results;
     for (const src of sources) {
-      const r = Array.isArray(results) ? (results.find((x) => (x as { path?: unknown })?.path === src) as { resolved?: unknown; kind?: unknown } | undefined) : undefined;
+      const r = answer.results.find((x) => x.path === src);
       if (!r) return `berth: the VM did not say what the bind mount source ${src} is; the container is not started.`;
       if (r.resolved === src && (r.kind === 'dir' || r.kind === 'file')) continue;
-      const link = r.kind === 'symlink' || (typeof r.resolved === 'string' && r.resolved !== src);
+      const link = r.kind === 'symlink' || (r.resolved !== null && r.resolved !== src);
       const now = link ? `a symbolic link to ${String(r.resolved)}` : r.kind === 'missing' ? 'gone' : 'not a folder or file';
       return `berth: the bind mount source ${src} is now ${now} in the VM; when the container was created it was a folder inside a shared folder. berth does not start it, because the VM would mount what is there now. Put the folder back, or create the container again.`;
     }

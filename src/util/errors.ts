@@ -42,6 +42,8 @@ export type ErrorCode =
   | 'VM_START_FAILED'
   | 'VM_STOP_FORCED'
   | 'AGENT_UNREACHABLE'
+  /** The guest agent answered a request with an error of its own (its code is in details.guestCode). */
+  | 'AGENT_ERROR'
   | 'ENGINE_FAILED'
   | 'MUX_PROTOCOL'
   | 'MUX_CLOSED'

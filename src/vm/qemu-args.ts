@@ -1,4 +1,5 @@
 import type { Accelerator } from './accel-probe.js';
+import { CONTROL_PORT_NAME } from '../control/ports.js';
 
 /**
  * Everything needed to build QEMU's command line. Pure data so the argv can be unit-tested
@@ -31,9 +32,6 @@ export interface VmConfig extends MachineSpec {
   /** Files the guest reads through QEMU's fw_cfg (/sys/firmware/qemu_fw_cfg/by_name/<name>/raw). */
   fwCfgFiles?: { name: string; file: string }[];
 }
-
-/** The virtio-serial port name the agent looks for in /sys/class/virtio-ports/. */
-export const CONTROL_PORT_NAME = 'berth.control';
 
 /**
  * Builds the argv (without the binary).
