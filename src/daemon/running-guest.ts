@@ -17,7 +17,7 @@ import type { FileService } from '../fs/file-service.js';
 import type { ShareSpec } from '../fs/share.js';
 import { MountTracker } from '../fs/mount-tracker.js';
 import { isWithin } from '../util/paths.js';
-import { parseShareFailures, type ShareFailure } from '../control/share-mounts.js';
+import type { ShareFailure } from '../control/share-mounts.js';
 import type { Attachment, LaunchedGuest } from '../vm/driver.js';
 import type { NetworkStatus, PortReport } from './api-types.js';
 
@@ -217,7 +217,7 @@ export class RunningGuest {
     try {
       // mount-shares gives a mount 10 s, and 2 s each to the rest after one timed out (docs/files.md "Transport").
       const tickets = files.issueTickets(REMOUNT_TIMEOUT_MS);
-      const failures = parseShareFailures(await this.session.rpc('fs.remount', { tickets }, REMOUNT_TIMEOUT_MS).finally(() => files.revokeTickets()));
+      const { failures } = await this.session.rpc('fs.remount', { tickets }, REMOUNT_TIMEOUT_MS).finally(() => files.revokeTickets());
       if (failures.length) log.warn('some shared folders could not be mounted again after the file server restarted', { failed: failures.map((f) => f.path).join(', ') });
       else log.info('shared folders mounted again after the file server restarted; containers started before keep their old mounts until they restart');
       return failures;
@@ -230,7 +230,7 @@ export class RunningGuest {
   /** The shares the boot could not mount; the agent answers once the boot's mounts are over. */
   private async shareFailures(shares: readonly ShareSpec[]): Promise<ShareFailure[]> {
     try {
-      return parseShareFailures(await this.session.rpc('fs.status', { timeoutMs: 30_000 }, 35_000));
+      return (await this.session.rpc('fs.status', { timeoutMs: 30_000 }, 35_000)).failures;
     } catch (err) {
       this.deps.log.warn('could not ask the VM which shared folders are mounted', { err: (err as Error).message });
       // As in remountShares: unknown counts as not mounted.

@@ -361,8 +361,8 @@ export class VmController extends EventEmitter {
     });
     await step(emit, 'stop.guest', 'Stop the engine and power off the VM', async (d) => {
       try {
-        const result = (await r.session.rpc('system.shutdown', { engineTimeoutMs: Math.max(1000, timeoutMs - 5000) }, timeoutMs)) as { engineForced?: boolean };
-        if (result?.engineForced) d('the engine had to be killed');
+        const result = await r.session.rpc('system.shutdown', { engineTimeoutMs: Math.max(1000, timeoutMs - 5000) }, timeoutMs);
+        if (result.engineForced) d('the engine had to be killed');
         if (!(await r.guest.waitExit(this.powerOffMs))) forced = `the VM did not power off within ${this.powerOffMs / 1000} s after the engine stopped`;
       } catch (err) {
         forced = `the guest did not shut down cleanly within ${timeoutMs / 1000} s (${toBerthError(err).message})`;
@@ -508,8 +508,7 @@ function formatBytes(n: number): string {
 /** The guest side's open streams, if the agent answers at once. */
 async function guestStreams(session: GuestSession): Promise<number | null> {
   try {
-    const info = (await session.rpc('system.info', {}, 1000)) as { streams?: unknown };
-    return typeof info.streams === 'number' ? info.streams : null;
+    return (await session.rpc('system.info', {}, 1000)).streams;
   } catch {
     return null;
   }

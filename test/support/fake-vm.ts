@@ -5,7 +5,8 @@ import type { Duplex } from 'node:stream';
 import { BerthError } from '../../src/util/errors.js';
 import { Mux } from '../../src/control/mux.js';
 import { socketLink } from '../../src/control/socket-link.js';
-import { serveRpc } from '../../src/control/rpc.js';
+import { serveAgentApi } from '../../src/control/rpc.js';
+import { fakeAgentHandlers } from './fake-agent.js';
 import type { ProgressListener } from '../../src/util/progress.js';
 import type { Settings } from '../../src/settings/settings.js';
 import type { ImageSource, ResolvedImage } from '../../src/daemon/image-source.js';
@@ -192,18 +193,18 @@ export class FakeGuest extends EventEmitter implements LaunchedGuest {
       stream.resume();
     });
     mux.handle('docker', (stream: Duplex) => answerPing(stream, this.behaviour.apiFails ? 500 : 200));
-    serveRpc(mux, {
-      'system.info': async () => {
+    const handlers = fakeAgentHandlers();
+    serveAgentApi(mux, {
+      ...handlers,
+      'system.info': async (p) => {
         this.calls.push('system.info');
-        return { streams: mux.streamCount };
+        return { ...(await handlers['system.info'](p)), streams: mux.streamCount };
       },
-      'system.shutdown': async () => {
+      'system.shutdown': async (p) => {
         this.calls.push('system.shutdown');
         if (!this.behaviour.ignoreShutdown) setTimeout(() => this.exit(new BerthError('QEMU_EXITED', 'powered off')), 20);
-        return { engineForced: false };
+        return handlers['system.shutdown'](p);
       },
-      'fs.status': async () => ({ failures: [] }),
-      'fs.remount': async () => ({ failures: [] }),
     });
   }
 }
