@@ -64,6 +64,12 @@ export interface BootRequest {
   image: ResolvedImage;
   cpus: number;
   memoryMiB: number;
+  /**
+   * The network attachment: with berth's translator (`network.translator`), the driver MUST plug
+   * the guest's NIC into a stream server on `network.translator.socketPath` (frames with a 4-byte
+   * big-endian length, as QEMU's stream netdev) before `attach` runs; the translator connects to it.
+   * The guest's address, gateway and host alias come from `network` too.
+   */
   network: GuestNetwork;
   /** A host file the guest reads its share configuration from, if folders are shared. */
   sharesConfig?: string;
