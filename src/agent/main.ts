@@ -4,8 +4,9 @@ import type { Duplex } from 'node:stream';
 import { Logger } from '../util/log.js';
 import { Mux, type MuxLink } from '../control/mux.js';
 import { serveAgentApi } from '../control/rpc.js';
-import { CONTROL_PORT_NAME } from '../control/ports.js';
+import { CONTROL_PORT_NAME, NAMESPACE_CONTROL_SOCKET } from '../control/ports.js';
 import { PortLink, findPort } from './port-link.js';
+import { SocketClientLink } from './socket-client-link.js';
 import { Engine, GUEST_ENGINE_PATHS } from './engine.js';
 import { parseExecMeta, runExec } from './exec-service.js';
 import { followLog, parseLogsMeta } from './logs-service.js';
@@ -24,9 +25,12 @@ const startedAt = Date.now();
 const log = new Logger({ write: (l) => process.stdout.write(l) }, 'agent');
 
 function main(): void {
-  const device = waitForPort();
+  // In namespaces (docs/namespace.md) there is no virtio-serial port: the host connects to a
+  // socket in the host folder bound into the namespace (the host listens, the agent dials).
+  const inNamespace = process.env.BERTH_BACKEND === 'namespace';
+  const device = inNamespace ? NAMESPACE_CONTROL_SOCKET : waitForPort();
   const engine = new Engine(GUEST_ENGINE_PATHS, log.child('engine'));
-  const link = new PortLink(device, log.child('port'));
+  const link = inNamespace ? new SocketClientLink(device, log.child('socket')) : new PortLink(device, log.child('port'));
 
   const info = (): GuestInfo => ({
     bootId: readBootId(),

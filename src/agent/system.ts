@@ -22,12 +22,19 @@ export function readBootTimes(file = '/run/berth/boot-times'): Record<string, nu
   return out;
 }
 
+/**
+ * This boot's id: the kernel's, or in namespaces (where the kernel's is the host's and outlives
+ * every launch) the one init wrote at the launch.
+ */
 export function readBootId(): string {
-  try {
-    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    return 'unknown';
+  for (const f of ['/run/berth/boot-id', '/proc/sys/kernel/random/boot_id']) {
+    try {
+      return fs.readFileSync(f, 'utf8').trim();
+    } catch {
+      // next
+    }
   }
+  return 'unknown';
 }
 
 export function readImageKey(): string {

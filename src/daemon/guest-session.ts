@@ -1,12 +1,10 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { BerthError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { BerthPaths } from '../settings/paths.js';
-import { Mux } from '../control/mux.js';
-import { socketLink } from '../control/socket-link.js';
+import { Mux, type MuxLink } from '../control/mux.js';
 import { call } from '../control/rpc.js';
 import type { AgentMethod, ParamsOf, ResultOf } from '../control/agent-api.js';
 import { parseGuestInfo, parseEngineEvent, type EngineReport, type GuestInfo } from '../control/guest-info.js';
@@ -16,7 +14,7 @@ import type { ExecRequest } from './api-types.js';
 export type { EngineReport, GuestInfo };
 
 /**
- * The host end of the control channel for one running VM: connects to QEMU's control socket, runs
+ * The host end of the control channel for one running guest: opens it through the driver, runs
  * the mux in the host role, tracks the agent's session (HELLO) and the engine state it reports,
  * ships the guest's engine and agent logs into $BERTH_HOME/logs, and opens streams for the Docker
  * proxy and `berth shell`.
@@ -27,15 +25,15 @@ export type { EngineReport, GuestInfo };
  */
 export class GuestSession extends EventEmitter {
   private mux: Mux | undefined;
-  private socket: net.Socket | undefined;
+  private link: MuxLink | undefined;
   private closed = false;
   info: GuestInfo | undefined;
   engine: EngineReport | undefined;
   private readonly offsets: LogOffsets;
 
   constructor(
-    /** The Unix socket of the guest's control channel (LaunchedGuest.controlSocket). */
-    private readonly controlSocket: string,
+    /** Opens the host end of the guest's control channel (LaunchedGuest.openControl). */
+    private readonly openControl: () => Promise<MuxLink>,
     private readonly paths: BerthPaths,
     private readonly log: Logger,
   ) {
@@ -43,27 +41,23 @@ export class GuestSession extends EventEmitter {
     this.offsets = new LogOffsets(`${paths.runDir}/log-offsets.json`);
   }
 
-  /** Connects to the control socket (retrying while the guest's launcher is still creating it). */
+  /** Opens the control channel; a failure to open it fails the waits with AGENT_UNREACHABLE. */
   connect(): void {
-    const attempt = (tries: number) => {
-      if (this.closed) return;
-      const s = net.connect(this.controlSocket);
-      s.once('connect', () => this.attach(s));
-      s.once('error', (err) => {
+    this.openControl().then(
+      (link) => {
+        if (this.closed) link.close();
+        else this.attach(link);
+      },
+      (err: unknown) => {
         if (this.closed) return;
-        if (tries > 200) {
-          this.emit('error-final', new BerthError('AGENT_UNREACHABLE', `Cannot connect to the VM's control socket ${this.controlSocket}.`, { cause: err }));
-          return;
-        }
-        setTimeout(() => attempt(tries + 1), 50);
-      });
-    };
-    attempt(0);
+        this.emit('error-final', new BerthError('AGENT_UNREACHABLE', 'Cannot open the control channel to the guest.', { cause: err }));
+      },
+    );
   }
 
-  private attach(socket: net.Socket): void {
-    this.socket = socket;
-    const mux = new Mux(socketLink(socket), { role: 'host', log: this.log.child('mux') });
+  private attach(link: MuxLink): void {
+    this.link = link;
+    const mux = new Mux(link, { role: 'host', log: this.log.child('mux') });
     this.mux = mux;
     mux.on('session', (raw: unknown) => {
       const info = parseGuestInfo(raw);
@@ -76,9 +70,9 @@ export class GuestSession extends EventEmitter {
       this.shipLog(mux, 'engine', this.paths.engineLog, info.bootId);
       this.shipLog(mux, 'agent', this.paths.agentLog, info.bootId);
     });
-    socket.on('close', () => {
+    link.on('close', () => {
       if (this.closed) return;
-      this.log.info('control socket closed (QEMU exited or closed the port)');
+      this.log.info('the control channel closed (the guest is gone)');
       this.emit('disconnected');
     });
   }
@@ -161,7 +155,7 @@ export class GuestSession extends EventEmitter {
     this.closed = true;
     this.emit('closed');
     this.mux?.close();
-    this.socket?.destroy();
+    this.link?.close();
     this.offsets.flush();
   }
 

@@ -73,7 +73,7 @@ export class RunningGuest {
   static connect(deps: RunningGuestDeps, guest: LaunchedGuest, network: GuestNetwork, deadline: number, steps: ProgressListener | undefined): Attachment<Connection> {
     const net = network.translator ? new NetService(network.translator, deps.log.child('net')) : undefined;
     net?.start();
-    const session = new GuestSession(guest.controlSocket, deps.paths, deps.log.child('guest'));
+    const session = new GuestSession(() => guest.openControl(), deps.paths, deps.log.child('guest'));
     session.connect();
     const ready = (async (): Promise<Connection> => {
       const waitSession = () => session.waitSession(remaining(deadline));

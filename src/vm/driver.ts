@@ -1,4 +1,5 @@
 import type { BerthError } from '../util/errors.js';
+import type { MuxLink } from '../control/mux.js';
 import type { ProgressListener } from '../util/progress.js';
 import type { Settings } from '../settings/settings.js';
 import type { ResolvedImage } from '../daemon/image-source.js';
@@ -98,8 +99,12 @@ export interface Booted<T> {
 export interface LaunchedGuest {
   readonly pid: number;
   readonly hasExited: boolean;
-  /** The Unix socket on which the agent's control channel (the mux) is reached. */
-  readonly controlSocket: string;
+  /**
+   * Opens the host end of the agent's control channel (the mux runs over it), retrying while the
+   * guest's side is being set up. The link's `close` means the guest is gone. MUST NOT make the
+   * daemon open or connect to a path the guest can choose (a guest-made symlink, say).
+   */
+  openControl(): Promise<MuxLink>;
   on(event: 'exit', listener: (err: BerthError) => void): this;
   once(event: 'exit', listener: (err: BerthError) => void): this;
   off(event: 'exit', listener: (err: BerthError) => void): this;

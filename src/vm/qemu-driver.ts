@@ -15,6 +15,8 @@ import { watchForSilentBoot } from './boot-watch.js';
 import { ensureDataDisk } from './data-disk.js';
 import { QemuProcess, type QemuExit } from './qemu-process.js';
 import type { VmConfig } from './qemu-args.js';
+import type { MuxLink } from '../control/mux.js';
+import { dialUnixSocket, socketLink } from '../control/socket-link.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, listSnapshots } from '../engine/snapshot.js';
 import type { Attachment, Booted, BootRequest, DataStore, DataStoreState, LaunchedGuest, PreparedHost, VmDriver } from './driver.js';
 
@@ -163,15 +165,17 @@ export class QemuDriver implements VmDriver {
 
 /** A QEMU process as a LaunchedGuest: its exit turns into a BerthError that names the logs. */
 class QemuGuest extends EventEmitter implements LaunchedGuest {
-  readonly controlSocket: string;
-
   constructor(
     private readonly proc: QemuProcess,
     private readonly paths: BerthPaths,
   ) {
     super();
-    this.controlSocket = paths.controlSocket;
     proc.once('exit', (e: QemuExit) => this.emit('exit', this.exitError(e)));
+  }
+
+  /** QEMU's chardev socket for the virtio-serial control port (the guest cannot touch the path). */
+  async openControl(): Promise<MuxLink> {
+    return socketLink(await dialUnixSocket(this.paths.controlSocket));
   }
 
   get pid(): number {

@@ -4,7 +4,8 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { BerthError } from '../../src/util/errors.js';
 import { Mux } from '../../src/control/mux.js';
-import { socketLink } from '../../src/control/socket-link.js';
+import { dialUnixSocket, socketLink } from '../../src/control/socket-link.js';
+import type { MuxLink } from '../../src/control/mux.js';
 import { serveAgentApi } from '../../src/control/rpc.js';
 import { fakeAgentHandlers } from './fake-agent.js';
 import type { ProgressListener } from '../../src/util/progress.js';
@@ -119,7 +120,7 @@ export class FakeGuest extends EventEmitter implements LaunchedGuest {
   readonly calls: string[] = [];
 
   constructor(
-    readonly controlSocket: string,
+    private readonly controlSocket: string,
     private readonly behaviour: FakeBehaviour,
   ) {
     super();
@@ -127,6 +128,10 @@ export class FakeGuest extends EventEmitter implements LaunchedGuest {
 
   get hasExited(): boolean {
     return this.exited;
+  }
+
+  async openControl(): Promise<MuxLink> {
+    return socketLink(await dialUnixSocket(this.controlSocket, 20, 20));
   }
 
   async listen(): Promise<void> {
