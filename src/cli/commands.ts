@@ -14,7 +14,7 @@ import type { ShellOptions } from './shell.js';
  * COMMANDS holding its `leaf(...)` subcommands, whose ids are "engine list", "engine use", ...
  */
 export interface CommandOptions {
-  start: { switchContext: boolean };
+  start: { switchContext: boolean; backend: 'vm' | 'namespace' | undefined };
   stop: {};
   restart: {};
   status: {};
@@ -108,8 +108,14 @@ export function words(raw: RawArgs, name: string): string[] {
 export const COMMANDS: CommandSpec[] = [
   leaf('start', {
     describe: 'Start the VM and the Docker engine (builds the guest image if needed)',
-    options: { 'switch-context': { type: 'boolean', describe: 'Make the docker CLI context `berth` the current one' } },
-    parse: (raw) => ({ switchContext: flag(raw, 'switch-context') }),
+    options: {
+      'switch-context': { type: 'boolean', describe: 'Make the docker CLI context `berth` the current one' },
+      backend: { type: 'string', choices: ['vm', 'namespace'], requiresArg: true, describe: 'Where the guest runs this time: a VM (the default) or namespaces on this Linux host (root; docs/namespace.md)' },
+    },
+    parse: (raw) => {
+      const b = text(raw, 'backend');
+      return { switchContext: flag(raw, 'switch-context'), backend: b === 'vm' || b === 'namespace' ? b : undefined };
+    },
   }),
   leaf('stop', { describe: 'Stop the engine cleanly and power the VM off' }),
   leaf('restart', { describe: 'stop, then start' }),

@@ -76,7 +76,7 @@ function report(e: BerthError, json: boolean, io: Io): void {
 function handlers(out: Out): Handlers {
   const paths = resolvePaths();
   return {
-    start: (o) => lifecycle(paths, o, '/v1/start' + (o.switchContext ? '?switchContext=1' : ''), out),
+    start: (o) => lifecycle(paths, o, `/v1/start?${new URLSearchParams({ ...(o.switchContext ? { switchContext: '1' } : {}), ...(o.backend ? { backend: o.backend } : {}) }).toString()}`, out),
     stop: (o) => stop(paths, o, out),
     restart: (o) => lifecycle(paths, o, '/v1/restart', out),
     status: (o) => status(paths, o, out),
@@ -155,6 +155,7 @@ function stoppedStatus(paths: BerthPaths, settings?: Awaited<ReturnType<typeof r
   return {
     state: 'stopped',
     dockerHost: `unix://${dockerSocket}`,
+    backend: null,
     accelerator: null,
     cpus: settings?.cpus ?? 0,
     memoryMiB: settings?.memoryMiB ?? 0,

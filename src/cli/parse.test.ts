@@ -106,8 +106,10 @@ test('each command has its own --help that names its options', () => {
 });
 
 test('start, stop, status and --json', () => {
-  assert.deepEqual(run(['start']), { id: 'start', options: { switchContext: false, json: false } });
-  assert.deepEqual(run(['start', '--switch-context', '--json']), { id: 'start', options: { switchContext: true, json: true } });
+  assert.deepEqual(run(['start']), { id: 'start', options: { switchContext: false, backend: undefined, json: false } });
+  assert.deepEqual(run(['start', '--switch-context', '--json']), { id: 'start', options: { switchContext: true, backend: undefined, json: true } });
+  assert.deepEqual(run(['start', '--backend', 'namespace']), { id: 'start', options: { switchContext: false, backend: 'namespace', json: false } });
+  assert.match(usageError(["start", "--backend", "lxc"]).message, /Unknown backend "lxc"/);
   assert.deepEqual(run(['--json', 'status']), { id: 'status', options: { json: true } });
   assert.deepEqual(run(['stop']), { id: 'stop', options: { json: false } });
   assert.deepEqual(run(['image', 'build', '--force']), { id: 'image build', options: { force: true, json: false } });

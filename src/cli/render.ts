@@ -77,6 +77,7 @@ export function renderStatus(s: StatusReport): string {
   lines.push(`state:        ${s.state}${s.engine && s.state === 'running' && s.engine.state !== 'ready' ? ` (engine ${s.engine.state})` : ''}`);
   if (s.state === 'running' || s.state === 'starting') {
     lines.push(`docker host:  ${s.dockerHost}`);
+    lines.push(`backend:      ${s.backend === 'namespace' ? 'namespace (the host\'s kernel, no VM)' : (s.backend ?? '-')}`);
     lines.push(`accelerator:  ${s.accelerator ?? '-'}`);
     lines.push(`resources:    ${s.cpus} CPUs, ${s.memoryMiB} MiB memory, ${s.diskGiB} GiB data disk`);
     lines.push(`image:        ${s.imageVersion ?? '-'}`);

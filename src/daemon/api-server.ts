@@ -50,7 +50,9 @@ export class ApiServer {
       case 'GET /v1/network':
         return sendJson(res, 200, await this.vm.network());
       case 'POST /v1/start':
-        return this.streamOp(res, (p) => this.vm.start(p, { switchContext: url.searchParams.get('switchContext') === '1' }));
+        const backend = url.searchParams.get('backend');
+        if (backend !== null && backend !== 'vm' && backend !== 'namespace') return sendJson(res, 400, { error: new BerthError('USAGE', `Unknown backend ${JSON.stringify(backend.slice(0, 32))}: "vm" or "namespace".`).toJSON() });
+        return this.streamOp(res, (p) => this.vm.start(p, { switchContext: url.searchParams.get('switchContext') === '1', ...(backend ? { backend } : {}) }));
       case 'POST /v1/stop': {
         await this.streamOp(res, (p) => this.vm.stop(p));
         if (this.vm.vmState === 'stopped') this.onStopped();

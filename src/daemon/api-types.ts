@@ -28,7 +28,9 @@ export interface StatusReport {
   state: VmState;
   /** unix:// URL of the Docker API socket (valid while running). */
   dockerHost: string;
-  /** How the guest's CPU runs: kvm, hvf, whpx or tcg for the VM backend. */
+  /** Where the guest runs: "vm" or "namespace" (docs/backends.md); null before the first start. */
+  backend: string | null;
+  /** How the guest's CPU runs: kvm, hvf, whpx or tcg for the VM backend; native in namespaces. */
   accelerator: string | null;
   cpus: number;
   memoryMiB: number;

@@ -7,6 +7,7 @@ import { ApiServer } from './api-server.js';
 import { VmController } from './vm-controller.js';
 import { BuilderImageSource } from './image-source.js';
 import { QemuDriver } from '../vm/qemu-driver.js';
+import { NamespaceDriver } from '../vm/namespace/driver.js';
 
 /**
  * The berth daemon: one per berth home, started in the background by the CLI (`berth start`,
@@ -28,8 +29,8 @@ async function main(): Promise<void> {
   fs.writeFileSync(paths.daemonPidFile, `${process.pid}\n`, { mode: 0o600 });
 
   // The composition root: the backend is chosen here and nowhere else (docs/backends.md).
-  const driver = new QemuDriver(paths, log.child('vm'));
-  const vm = new VmController(paths, new BuilderImageSource(paths.cache, log.child('image')), driver, log.child('vm'));
+  const drivers = { vm: new QemuDriver(paths, log.child('vm')), namespace: new NamespaceDriver(paths, log.child('namespace')) };
+  const vm = new VmController(paths, new BuilderImageSource(paths.cache, log.child('image')), drivers, log.child('vm'));
   let exiting = false;
   const exit = async (code: number) => {
     if (exiting) return;

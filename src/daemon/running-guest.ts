@@ -58,7 +58,9 @@ export class RunningGuest {
     readonly guest: LaunchedGuest,
     private readonly connection: Connection,
     readonly network: GuestNetwork,
-    /** The 9P file server (absent when no folder is shared). */
+    /** The folders shared this boot: bind mounts must lie inside one (the proxy's mount policy). */
+    readonly shares: readonly ShareSpec[],
+    /** The 9P file server (absent when no folder is shared, or the driver binds them itself). */
     readonly files: FileService | undefined,
     readonly accelerator: string,
     readonly image: ResolvedImage,
@@ -293,7 +295,7 @@ export class RunningGuest {
    * one of the `unavailable` ones, which the guest could not mount.
    */
   private async startProxy(socketPath: string): Promise<DockerProxy> {
-    const shares = this.files?.shares ?? [];
+    const shares = this.shares;
     const log = this.deps.log;
     const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly, hostRoot: realShareRoot(s.path) })), vmPaths: this.deps.settings.vmPaths, unavailable: [] };
     const cached = shares.some((s) => s.cache);

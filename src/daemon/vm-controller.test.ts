@@ -36,7 +36,7 @@ async function rig(): Promise<Rig> {
   process.env.DOCKER_CONFIG = path.join(dir, 'docker-config');
   const driver = new FakeDriver(paths.controlSocket, paths.dataDisk);
   const images = fakeImageSource();
-  return { paths, driver, images, vm: new VmController(paths, images, driver, silentLogger, 300), events: [], dir };
+  return { paths, driver, images, vm: new VmController(paths, images, { vm: driver }, silentLogger, 300), events: [], dir };
 }
 
 async function done(r: Rig): Promise<void> {

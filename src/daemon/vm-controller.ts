@@ -39,6 +39,15 @@ export { shareFailureWarning };
 
 /** A boot ticket outlives the start timeout by this much (the boot's mounts spend them first). */
 const BOOT_TICKET_SLACK_MS = 60_000;
+
+type Backend = Settings['backend'];
+
+export interface StartOptions {
+  /** Make the `berth` docker context the current one. */
+  switchContext?: boolean;
+  /** This start's backend, instead of the `backend` setting. */
+  backend?: Backend;
+}
 /** Powering off after the engine stopped takes well under a second, also on TCG. */
 const POWER_OFF_MS = 10_000;
 
@@ -51,16 +60,21 @@ export class VmController extends EventEmitter {
   private lastStart: { totalMs: number; phases: PhaseTiming[] } | null = null;
   private settings: Settings | undefined;
   private op: { kind: 'start' | 'stop'; promise: Promise<StatusReport>; events: EventEmitter } | undefined;
+  /** The driver of the running guest, or of the last start. */
+  private driver: VmDriver;
+  private backend: Backend = 'vm';
 
   constructor(
     private readonly paths: BerthPaths,
     private readonly images: ImageSource,
-    private readonly driver: VmDriver,
+    /** A driver per backend (docs/backends.md); `vm` at least. */
+    private readonly drivers: { vm: VmDriver } & Partial<Record<Backend, VmDriver>>,
     private readonly log: Logger,
     /** How long a guest gets to power off after the agent answered the shutdown request. */
     private readonly powerOffMs = POWER_OFF_MS,
   ) {
     super();
+    this.driver = drivers.vm;
   }
 
   get vmState(): VmState {
@@ -74,7 +88,15 @@ export class VmController extends EventEmitter {
 
   /** Re-attaches to a guest an earlier daemon left running. Called once at daemon start. */
   async adoptExisting(): Promise<void> {
-    const guest = await this.driver.adopt();
+    let guest: LaunchedGuest | undefined;
+    for (const [backend, driver] of Object.entries(this.drivers) as Array<[Backend, VmDriver]>) {
+      guest = await driver.adopt();
+      if (guest) {
+        this.driver = driver;
+        this.backend = backend;
+        break;
+      }
+    }
     if (!guest) return;
     this.log.info('found a running VM left by an earlier daemon; re-attaching', { pid: guest.pid });
     this.state = 'starting';
@@ -89,7 +111,7 @@ export class VmController extends EventEmitter {
       // The guest was configured for the network of its start, whatever the settings say now.
       const network = saved?.network ?? guestNetwork(settings, this.paths);
       // The shares of the boot the guest mounted; it mounts them again with fresh tickets.
-      files = saved?.files ? new FileService(this.paths.p9Socket, saved.files.shares, this.log.child('files')) : undefined;
+      files = saved?.files && this.driver.sharesBy === '9p' ? new FileService(this.paths.p9Socket, saved.files.shares, this.log.child('files')) : undefined;
       await files?.start();
       const deps = this.runningDeps(settings);
       // The agent answers at once if it is alive; the engine may still be restarting.
@@ -100,7 +122,7 @@ export class VmController extends EventEmitter {
         await attachment.close();
         throw err;
       });
-      running = new RunningGuest(deps, guest, connection, network, files, saved?.accelerator ?? 'tcg', image, saved ? new Date(saved.startedAt) : new Date());
+      running = new RunningGuest(deps, guest, connection, network, saved?.files?.shares ?? [], files, saved?.accelerator ?? 'tcg', image, saved ? new Date(saved.startedAt) : new Date());
       this.running = running;
       this.watch(running);
       await running.remountAfterAdopt();
@@ -123,7 +145,7 @@ export class VmController extends EventEmitter {
   }
 
   /** Starts the guest (or joins a start in progress). Progress goes to `onProgress`. */
-  start(onProgress: ProgressListener, opts: { switchContext?: boolean } = {}): Promise<StatusReport> {
+  start(onProgress: ProgressListener, opts: StartOptions = {}): Promise<StatusReport> {
     if (this.op?.kind === 'start') return this.join(this.op, onProgress);
     if (this.op) return Promise.reject(new BerthError('VM_BUSY', 'The VM is stopping; wait for that to finish, then start it again.'));
     if (this.state === 'running') {
@@ -152,6 +174,7 @@ export class VmController extends EventEmitter {
     return {
       state: this.state,
       dockerHost: `unix://${dockerSocket}`,
+      backend: r ? this.backend : null,
       accelerator: r?.accelerator ?? null,
       cpus: s?.cpus ?? 0,
       memoryMiB: s?.memoryMiB ?? 0,
@@ -216,7 +239,7 @@ export class VmController extends EventEmitter {
     return promise;
   }
 
-  private async doStart(emit: ProgressListener, opts: { switchContext?: boolean }): Promise<StatusReport> {
+  private async doStart(emit: ProgressListener, opts: StartOptions): Promise<StatusReport> {
     const t0 = performance.now();
     const phases: PhaseTiming[] = [];
     const titles = new Map<string, string>();
@@ -238,6 +261,10 @@ export class VmController extends EventEmitter {
     try {
       const settings = await step(record, 'settings', 'Read settings', async () => readSettings(this.paths.settings));
       this.settings = settings;
+      this.backend = opts.backend ?? settings.backend;
+      const driver = this.drivers[this.backend];
+      if (!driver) throw new BerthError('NAMESPACE_UNAVAILABLE', `The ${this.backend} backend is not available in this build of berth.`, { hint: 'Use `berth start --backend vm`.' });
+      this.driver = driver;
       await this.prepareHome();
       const dockerSocket = settings.dockerSocket ?? this.paths.defaultDockerSocket;
       // Fail on a taken Docker socket before booting anything.
@@ -266,7 +293,8 @@ export class VmController extends EventEmitter {
       await this.rotateLogs();
       const plan = planShares(settings.shares);
       for (const w of plan.skipped) warn(w);
-      if (plan.shares.length > 0 && settings['network.backend'] === 'berth') {
+      const bindShares = driver.sharesBy === 'bind';
+      if (plan.shares.length > 0 && settings['network.backend'] === 'berth' && !bindShares) {
         const f = new FileService(this.paths.p9Socket, plan.shares, this.log.child('files'));
         files = f;
         await step(record, 'files', 'Start the file server', async (d) => {
@@ -276,14 +304,14 @@ export class VmController extends EventEmitter {
           await writeFileAtomic(this.paths.sharesConfig, guestShareConfig(plan.shares, tickets));
           d(plan.shares.map((s) => `${s.path}${s.readOnly ? ' (read-only)' : ''}`).join(', '));
         });
-      } else if (plan.shares.length > 0) {
+      } else if (plan.shares.length > 0 && !bindShares) {
         warn('Folders are not shared with network.backend "qemu-user" (the file server is reached through berth\'s translator).');
       }
       const deadline = Date.now() + settings.startTimeoutSec * 1000;
       const network = guestNetwork(settings, this.paths, files !== undefined);
       const deps = this.runningDeps(settings);
       const booted = await this.driver.boot(
-        { host, image, cpus: settings.cpus, memoryMiB: settings.memoryMiB, network, deadline, ...(files ? { sharesConfig: this.paths.sharesConfig } : {}) },
+        { host, image, cpus: settings.cpus, memoryMiB: settings.memoryMiB, network, deadline, ...(files ? { sharesConfig: this.paths.sharesConfig } : {}), ...(bindShares ? { shares: plan.shares } : {}) },
         (g) => {
           guest = g;
           return RunningGuest.connect(deps, g, network, deadline, record);
@@ -291,13 +319,14 @@ export class VmController extends EventEmitter {
         record,
       );
       guest = booted.guest;
-      running = new RunningGuest(deps, booted.guest, booted.attached, network, files, booted.accelerator, image, new Date());
+      const shares = bindShares ? plan.shares : (files?.shares ?? []);
+      running = new RunningGuest(deps, booted.guest, booted.attached, network, shares, files, booted.accelerator, image, new Date());
       await running.checkBootShares(record);
       for (const f of running.unavailable) warn(shareFailureWarning(f));
       await running.serve(record);
       this.running = running;
       this.watch(running);
-      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), accelerator: booted.accelerator, image, bootId: running.info.bootId, network, ...(files ? { files: { shares: files.shares } } : {}) });
+      await this.writeVmFile({ startedAt: running.startedAt.toISOString(), backend: this.backend, accelerator: booted.accelerator, image, bootId: running.info.bootId, network, ...(shares.length > 0 ? { files: { shares: [...shares] } } : {}) });
       try {
         const ctx = await registerDockerContext(`unix://${dockerSocket}`, { use: opts.switchContext ?? false });
         if (opts.switchContext) record({ type: 'note', level: 'info', message: `docker context "${ctx.name}" is now the current context.`, at: Date.now() });
@@ -491,6 +520,7 @@ export class VmController extends EventEmitter {
 /** What a restarted daemon needs to know about the guest it adopts. */
 interface VmFile {
   startedAt: string;
+  backend?: Backend;
   accelerator: string;
   image: ResolvedImage;
   bootId: string;

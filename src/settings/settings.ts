@@ -53,6 +53,16 @@ export interface Settings {
   'engine.version': string;
   /** Link the engine's docker CLI plugins (compose, buildx) into ~/.docker/cli-plugins where the user has none. */
   'docker.cliPlugins': boolean;
+  /**
+   * Where the guest runs (docs/backends.md): "vm" (QEMU, the default and the stronger boundary) or
+   * "namespace" (the same image in namespaces on the host's kernel; Linux, root; docs/namespace.md).
+   */
+  backend: 'vm' | 'namespace';
+  /**
+   * With the namespace backend: let containers have --privileged, added capabilities, host
+   * devices and unconfined profiles, which reach the host's kernel (docs/namespace.md). Off.
+   */
+  'namespace.allowPrivileged': boolean;
 }
 
 export interface ShareSetting {
@@ -83,6 +93,8 @@ export const SETTING_KEYS = [
   'engine.version',
   'docker.cliPlugins',
   'vmPaths',
+  'backend',
+  'namespace.allowPrivileged',
 ] as const;
 export type SettingKey = (typeof SETTING_KEYS)[number];
 
@@ -108,6 +120,8 @@ export function defaultSettings(): Settings {
     vmPaths: ['/var/run/docker.sock', '/run/docker.sock', '/dev/fuse', '/dev/net/tun'],
     'engine.version': DEFAULT_ENGINE,
     'docker.cliPlugins': true,
+    backend: 'vm',
+    'namespace.allowPrivileged': false,
   };
 }
 
@@ -139,6 +153,8 @@ const RULES: Record<SettingKey, Rule> = {
   'ports.defaultAddress': { check: (v) => (v === '127.0.0.1' || v === '0.0.0.0' ? undefined : '"127.0.0.1" or "0.0.0.0"') },
   shares: { check: sharesProblem },
   'docker.cliPlugins': boolRule(),
+  backend: { check: (v) => (v === 'vm' || v === 'namespace' ? undefined : '"vm" or "namespace"') },
+  'namespace.allowPrivileged': boolRule(),
   'engine.version': { check: (v) => (typeof v === 'string' && /^[0-9]+(\.[0-9]+)?$/.test(v) ? undefined : 'an engine version such as "26" or "20.10" (`berth engine list`)') },
   vmPaths: {
     check: (v) => {

@@ -41,6 +41,14 @@ export type ErrorCode =
   | 'VM_SILENT_BOOT'
   | 'VM_START_FAILED'
   | 'VM_STOP_FORCED'
+  /** The host lacks what the namespace backend needs (root, namespaces, squashfs, loop, tun). */
+  | 'NAMESPACE_UNAVAILABLE'
+  /** The namespace launcher failed (its messages are in the console log). */
+  | 'NAMESPACE_FAILED'
+  /** The namespace's PID 1 ended while it was running. */
+  | 'NAMESPACE_EXITED'
+  /** A request the namespace backend refuses because it would reach the host's kernel. */
+  | 'NAMESPACE_REFUSED'
   | 'AGENT_UNREACHABLE'
   /** The guest agent answered a request with an error of its own (its code is in details.guestCode). */
   | 'AGENT_ERROR'

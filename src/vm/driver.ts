@@ -4,6 +4,7 @@ import type { ProgressListener } from '../util/progress.js';
 import type { Settings } from '../settings/settings.js';
 import type { ResolvedImage } from '../daemon/image-source.js';
 import type { GuestNetwork } from '../daemon/guest-network.js';
+import type { ShareSpec } from '../fs/share.js';
 
 /**
  * The seam between berth's lifecycle and the thing the guest runs in (docs/backends.md). A driver
@@ -16,6 +17,12 @@ export interface VmDriver {
   readonly kind: string;
   /** The engine's data store of this berth home. */
   readonly dataStore: DataStore;
+  /**
+   * How shared folders reach the guest: "9p" (berth's file server through the translator; the
+   * state machine starts it and the guest mounts what `BootRequest.sharesConfig` lists) or "bind"
+   * (the driver binds `BootRequest.shares` at their own paths before the guest starts).
+   */
+  readonly sharesBy: '9p' | 'bind';
 
   /**
    * Checks that the host can run this backend with these settings and says how (the accelerator,
@@ -72,8 +79,10 @@ export interface BootRequest {
    * The guest's address, gateway and host alias come from `network` too.
    */
   network: GuestNetwork;
-  /** A host file the guest reads its share configuration from, if folders are shared. */
+  /** A host file the guest reads its share configuration from, if folders are shared over 9P. */
   sharesConfig?: string;
+  /** The shared folders, for a driver that binds them itself. */
+  shares?: ShareSpec[];
   /** Epoch ms by which the guest's agent and engine must be ready. */
   deadline: number;
 }

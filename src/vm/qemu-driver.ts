@@ -36,6 +36,7 @@ interface QemuPrepared {
  */
 export class QemuDriver implements VmDriver {
   readonly kind = 'qemu';
+  readonly sharesBy = '9p' as const;
   readonly dataStore: DataStore;
   private readonly verdicts: VerdictCache;
 
