@@ -306,11 +306,11 @@ describe('isolation', { timeout: 2_400_000 }, () => {
     process.kill(pid!, 'SIGKILL');
     const log = path.join(b.home, 'logs', 'daemon.log');
     let text = '';
-    for (let i = 0; i < 50 && !/qemu exited unexpectedly/.test(text); i++) {
+    for (let i = 0; i < 50 && !/the guest exited unexpectedly/.test(text); i++) {
       await sleep(200);
       text = fs.readFileSync(log, 'utf8');
     }
-    assert.match(text, /qemu exited unexpectedly code=null signal=SIGKILL/);
+    assert.match(text, /the guest exited unexpectedly err="The VM stopped unexpectedly: QEMU was killed by SIGKILL\."/);
     const s = JSON.parse((await b.berth(['status', '--json'])).stdout) as { state: string; failure: { message: string } | null };
     assert.equal(s.state, 'failed');
     assert.match(s.failure?.message ?? '', /SIGKILL/);
