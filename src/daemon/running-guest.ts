@@ -37,6 +37,8 @@ export interface RunningGuestDeps {
   paths: BerthPaths;
   settings: Settings;
   log: Logger;
+  /** The guest runs on the host's own kernel (VmDriver.hostKernel). */
+  hostKernel: boolean;
 }
 
 /**
@@ -297,7 +299,13 @@ export class RunningGuest {
   private async startProxy(socketPath: string): Promise<DockerProxy> {
     const shares = this.shares;
     const log = this.deps.log;
-    const policy: MountPolicy = { shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly, hostRoot: realShareRoot(s.path) })), vmPaths: this.deps.settings.vmPaths, unavailable: [] };
+    const settings = this.deps.settings;
+    const policy: MountPolicy = {
+      shares: shares.map((s) => ({ path: s.path, readOnly: s.readOnly, hostRoot: realShareRoot(s.path) })),
+      vmPaths: settings.vmPaths,
+      unavailable: [],
+      ...(this.deps.hostKernel ? { hostKernel: { allowPrivileged: settings['namespace.allowPrivileged'] } } : {}),
+    };
     const cached = shares.some((s) => s.cache);
     const proxy = new DockerProxy({
       socketPath,

@@ -477,7 +477,7 @@ export class VmController extends EventEmitter {
   }
 
   private runningDeps(settings: Settings): RunningGuestDeps {
-    return { paths: this.paths, settings, log: this.log };
+    return { paths: this.paths, settings, log: this.log, hostKernel: this.driver.hostKernel };
   }
 
   /** Removes what a guest left on the host: the driver's files, the file server's, the Docker socket. */

@@ -1,4 +1,4 @@
-import { list, map, RAW, str, struct, bool, type Codec, type Struct } from './go-json.js';
+import { list, map, RAW, raw, str, struct, bool, DecodeError, type Codec, type JsonValue, type Struct } from './go-json.js';
 
 /**
  * The request bodies that can name a host path, as dockerd's Go types (moby v20.10.24 and
@@ -46,11 +46,55 @@ const CONFIG_FIELDS = [
   'NetworkDisabled', 'MacAddress', 'OnBuild', 'Labels', 'StopSignal', 'StopTimeout', 'Shell',
 ];
 
-const MODELLED_HOST_CONFIG = ['Binds', 'Mounts', 'Devices'];
+/**
+ * strslice.StrSlice (CapAdd, CapDrop): dockerd takes a list of strings or one string. Decoded as a
+ * list either way, and sent on as a list, which dockerd reads the same.
+ */
+const strSlice: Codec<(string | undefined)[]> = {
+  what: 'a string or a list of strings',
+  decode(v, at) {
+    if (v.t === 'string') return [v.v];
+    if (v.t !== 'array') throw new DecodeError(at, `expected a string or a list of strings, got ${v.t === 'bool' ? 'boolean' : v.t}`);
+    return list(str).decode(v, at);
+  },
+  encode: (items) => list(str).encode(items),
+};
 
-export type HostConfig = Struct<{ Binds: (string | undefined)[]; Mounts: (Mount | undefined)[]; Devices: (DeviceMapping | undefined)[] }>;
+/**
+ * The fields a decision depends on: paths (Binds, Mounts, Devices) everywhere, and with the
+ * namespace backend what reaches the host's kernel (docs/namespace.md "The boundary").
+ */
+const MODELLED_HOST_CONFIG = ['Binds', 'Mounts', 'Devices', 'Privileged', 'CapAdd', 'DeviceCgroupRules', 'DeviceRequests', 'PidMode', 'IpcMode', 'UsernsMode', 'CgroupnsMode', 'SecurityOpt'];
+
+export type HostConfig = Struct<{
+  Binds: (string | undefined)[];
+  Mounts: (Mount | undefined)[];
+  Devices: (DeviceMapping | undefined)[];
+  Privileged: boolean;
+  CapAdd: (string | undefined)[];
+  DeviceCgroupRules: (string | undefined)[];
+  DeviceRequests: (JsonValue | undefined)[];
+  PidMode: string;
+  IpcMode: string;
+  UsernsMode: string;
+  CgroupnsMode: string;
+  SecurityOpt: (string | undefined)[];
+}>;
 export const hostConfigCodec: Codec<HostConfig> = struct(
-  { Binds: list(str), Mounts: list(mountCodec), Devices: list(deviceMapping) },
+  {
+    Binds: list(str),
+    Mounts: list(mountCodec),
+    Devices: list(deviceMapping),
+    Privileged: bool,
+    CapAdd: strSlice,
+    DeviceCgroupRules: list(str),
+    DeviceRequests: list(raw),
+    PidMode: str,
+    IpcMode: str,
+    UsernsMode: str,
+    CgroupnsMode: str,
+    SecurityOpt: list(str),
+  },
   { others: HOST_CONFIG_FIELDS.filter((f) => !MODELLED_HOST_CONFIG.includes(f)) },
 );
 

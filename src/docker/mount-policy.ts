@@ -3,6 +3,7 @@ import path from 'node:path';
 import { isWithin } from '../util/paths.js';
 import type { ShareFailure } from '../control/share-mounts.js';
 import type { ContainerCreate, Mount, PluginConfig, PluginState, Privilege, RuntimePrivilege, ServiceSpec, VolumeCreate } from './bodies.js';
+import { hostKernelMessage, hostKernelRefusal } from './host-kernel-policy.js';
 
 /**
  * What a request may mount (docs/docker-proxy.md "What a body may name", docs/security.md). Only
@@ -23,13 +24,18 @@ export interface MountPolicy {
   unavailable?: readonly ShareFailure[];
   /** How host paths are looked at (tests give a fake file system). */
   host?: HostLookup;
+  /**
+   * Set when the engine runs on the host's own kernel (the namespace backend): what would reach
+   * that kernel is refused unless `allowPrivileged` (host-kernel-policy.ts).
+   */
+  hostKernel?: { allowPrivileged: boolean };
 }
 
 /** The `vmPaths` setting's default (settings.ts). */
 export const DEFAULT_VM_PATHS = ['/var/run/docker.sock', '/run/docker.sock', '/dev/fuse', '/dev/net/tun'];
 
 /** `fix` replaces the default advice (add the folder to the shares) where that is not the fix. */
-export type Decision = { ok: true } | { ok: false; path: string; where: string; reason: string; fix?: string };
+export type Decision = { ok: true } | { ok: false; path: string; where: string; reason: string; fix?: string; message?: string };
 
 const OK: Decision = { ok: true };
 
@@ -299,6 +305,10 @@ function goToUpper(s: string): string {
 export function checkContainerCreate(body: ContainerCreate, policy: MountPolicy): Decision {
   const hc = body.HostConfig;
   if (!hc) return OK;
+  if (policy.hostKernel && !policy.hostKernel.allowPrivileged) {
+    const r = hostKernelRefusal(hc);
+    if (r) return { ok: false, path: '', where: r.field, reason: r.what, message: hostKernelMessage(r) };
+  }
   for (const [i, b] of (hc.Binds ?? []).entries()) {
     const d = checkBind(b, `HostConfig.Binds[${i}]`, policy, (v) => (hc.Binds![i] = v));
     if (!d.ok) return d;
@@ -414,6 +424,7 @@ export function checkPluginSet(args: readonly (string | undefined)[], plugin: Pi
 
 /** The message the docker CLI prints ("Error response from daemon: ..."). */
 export function refusalMessage(d: Extract<Decision, { ok: false }>, policy: MountPolicy): string {
+  if (d.message) return d.message;
   const shared = policy.shares.map((s) => s.path).join(', ') || 'none';
   const what = d.path ? `The path ${d.path} (${d.where})` : `The mount in ${d.where}`;
   return `berth: ${what} cannot be used: ${d.reason}. Shared folders: ${shared}. ${d.fix ?? sharesFix}`;

@@ -23,6 +23,11 @@ export interface VmDriver {
    * (the driver binds `BootRequest.shares` at their own paths before the guest starts).
    */
   readonly sharesBy: '9p' | 'bind';
+  /**
+   * True when the guest runs on the host's own kernel (no VM boundary): the Docker API proxy then
+   * refuses what would reach that kernel (docs/namespace.md "The boundary").
+   */
+  readonly hostKernel: boolean;
 
   /**
    * Checks that the host can run this backend with these settings and says how (the accelerator,

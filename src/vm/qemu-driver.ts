@@ -37,6 +37,7 @@ interface QemuPrepared {
 export class QemuDriver implements VmDriver {
   readonly kind = 'qemu';
   readonly sharesBy = '9p' as const;
+  readonly hostKernel = false;
   readonly dataStore: DataStore;
   private readonly verdicts: VerdictCache;
 

@@ -37,6 +37,7 @@ export interface FakeBehaviour {
 export class FakeDriver implements VmDriver {
   readonly kind = 'fake';
   readonly sharesBy = '9p' as const;
+  readonly hostKernel = false;
   readonly dataStore: FakeDataStore;
   behaviour: FakeBehaviour = {};
   /** Every guest launched or adopted, in order. */

@@ -54,6 +54,7 @@ interface NsState {
 export class NamespaceDriver implements VmDriver {
   readonly kind = 'namespace';
   readonly sharesBy = 'bind' as const;
+  readonly hostKernel = true;
   readonly dataStore: DataStore;
   private readonly ns: NsPaths;
 
