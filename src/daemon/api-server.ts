@@ -60,8 +60,10 @@ export class ApiServer {
       }
       case 'POST /v1/restart':
         return this.streamOp(res, async (p) => {
+          // A restart keeps the backend the guest runs on (`start --backend` may have chosen it).
+          const backend = this.vm.runningBackend;
           await this.vm.stop(p);
-          return this.vm.start(p);
+          return this.vm.start(p, backend ? { backend } : {});
         });
       default:
         return sendJson(res, 404, { error: new BerthError('USAGE', `No such daemon API route: ${key}.`).toJSON() });

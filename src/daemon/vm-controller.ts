@@ -81,6 +81,11 @@ export class VmController extends EventEmitter {
     return this.state;
   }
 
+  /** The backend of the running guest, if one runs. */
+  get runningBackend(): Backend | undefined {
+    return this.running ? this.backend : undefined;
+  }
+
   /** Stopped with no operation under way: nothing for the daemon to own. */
   get idle(): boolean {
     return this.state === 'stopped' && this.op === undefined;
