@@ -7,7 +7,7 @@ import type { BerthPaths } from '../settings/paths.js';
 import { readSettings, setSetting } from '../settings/settings.js';
 import { BerthError } from '../util/errors.js';
 import { findQemu } from '../vm/qemu-binary.js';
-import { runningQemuPid } from '../vm/qemu-process.js';
+import { guestLeftRunning } from '../vm/running.js';
 import { DaemonClient } from './daemon-client.js';
 import type { Out } from './render.js';
 
@@ -105,9 +105,8 @@ export async function engineUse(
 
 export async function engineRollback(paths: BerthPaths, opts: { json: boolean }, out: Out): Promise<number> {
   const running = await runningStatus(paths);
-  const qemuPid = await runningQemuPid(paths.qemuPidFile, paths.home);
   // A failed start has cleaned up (nothing holds the disk); any other state but stopped might.
-  if ((running && running.state !== 'stopped' && running.state !== 'failed') || qemuPid !== undefined) {
+  if ((running && running.state !== 'stopped' && running.state !== 'failed') || (await guestLeftRunning(paths))) {
     throw new BerthError('VM_RUNNING', 'The engine cannot be rolled back while berth runs: the data disk is in use.', { hint: 'Run `berth stop`, then `berth engine rollback`.' });
   }
   const stamp = await readStamp(paths.engineStamp, paths.dataDisk);

@@ -15,7 +15,7 @@ import { engineList, engineRollback, engineUse } from './engine.js';
 import { dockerConfigRemove, dockerConfigShow } from './docker-config.js';
 import { showPorts } from './ports.js';
 import { showNetwork } from './network.js';
-import { runningQemuPid } from '../vm/qemu-process.js';
+import { guestLeftRunning } from '../vm/running.js';
 import type { StatusReport } from '../daemon/api-types.js';
 
 /**
@@ -116,7 +116,7 @@ async function stop(paths: BerthPaths, args: { json: boolean }, out: Out): Promi
   const client = new DaemonClient(paths);
   if (!(await client.isRunning())) {
     // No daemon: a VM can still be running (daemon killed); let a daemon adopt it, then stop it.
-    if ((await runningQemuPid(paths.qemuPidFile, paths.home)) === undefined) {
+    if (!(await guestLeftRunning(paths))) {
       if (args.json) out.write(JSON.stringify({ type: 'result', ok: true, status: stoppedStatus(paths) }) + '\n');
       else out.write('berth is not running; nothing to stop.\n');
       return 0;
@@ -137,7 +137,7 @@ async function status(paths: BerthPaths, args: { json: boolean }, out: Out): Pro
   const client = new DaemonClient(paths);
   let s = (await client.getIfRunning('/v1/status')) as StatusReport | undefined;
   if (s === undefined) {
-    if ((await runningQemuPid(paths.qemuPidFile, paths.home)) !== undefined) {
+    if (await guestLeftRunning(paths)) {
       // The daemon died but the VM runs: start a daemon, which re-attaches to it.
       if (!args.json) process.stderr.write('berth: the daemon was not running but the VM is; re-attaching...\n');
       await client.ensureRunning();

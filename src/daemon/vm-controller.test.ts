@@ -219,16 +219,16 @@ test('the engine switch: an upgrade snapshots the data store first; an older eng
   try {
     await fs.mkdir(r.paths.disksDir, { recursive: true });
     await fs.writeFile(r.paths.dataDisk, '');
-    await fs.writeFile(r.paths.engineStamp, JSON.stringify({ pack: '20.10', engineVersion: '20.10.24', writtenAt: new Date().toISOString() }));
+    await fs.writeFile(r.driver.dataStore.engineStamp, JSON.stringify({ pack: '20.10', engineVersion: '20.10.24', writtenAt: new Date().toISOString() }));
     await r.vm.start(() => {});
     assert.equal(r.driver.dataStore.snapshots.length, 1);
     assert.match(r.driver.dataStore.snapshots[0]!, /^berth-before-26-/);
-    const stamp = JSON.parse(await fs.readFile(r.paths.engineStamp, 'utf8')) as { pack: string; snapshot?: { pack: string } };
+    const stamp = JSON.parse(await fs.readFile(r.driver.dataStore.engineStamp, 'utf8')) as { pack: string; snapshot?: { pack: string } };
     assert.equal(stamp.pack, '26');
     assert.equal(stamp.snapshot?.pack, '20.10');
     await r.vm.stop(() => {});
 
-    await fs.writeFile(r.paths.engineStamp, JSON.stringify({ pack: '99', engineVersion: '99.0', writtenAt: new Date().toISOString() }));
+    await fs.writeFile(r.driver.dataStore.engineStamp, JSON.stringify({ pack: '99', engineVersion: '99.0', writtenAt: new Date().toISOString() }));
     const booted = r.driver.guests.length;
     await assert.rejects(r.vm.start(() => {}), (e: unknown) => e instanceof BerthError && e.code === 'ENGINE_DOWNGRADE');
     assert.equal(r.driver.guests.length, booted, 'no guest was launched');

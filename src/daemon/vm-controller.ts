@@ -280,7 +280,7 @@ export class VmController extends EventEmitter {
       image ??= await this.images.ensure(settings['engine.version'], record);
       if (host.warning) warn(host.warning);
       // Read before the disk step: a store that step creates has no engine history.
-      const stamp = await readStamp(this.paths.engineStamp, this.driver.dataStore.path);
+      const stamp = await readStamp(this.driver.dataStore.engineStamp, this.driver.dataStore.path);
       await step(record, 'disk', 'Prepare the data disk', async (d) => {
         const disk = await this.driver.dataStore.ensure(settings.diskGiB);
         d(`${disk.created ? 'created, ' : ''}${disk.virtualGiB} GiB virtual, ${formatBytes(disk.allocatedBytes)} used`);
@@ -452,7 +452,7 @@ export class VmController extends EventEmitter {
       // anywhere leaves a stamp whose snapshot exists.
       await store.createSnapshot(name);
       next.snapshot = { name, pack: sw.from.pack, engineVersion: sw.from.engineVersion, takenAt: new Date().toISOString() };
-      await writeStamp(this.paths.engineStamp, next);
+      await writeStamp(this.driver.dataStore.engineStamp, next);
       await this.dropEngineSnapshots(name);
       return `upgrade from ${sw.from.pack} (Docker ${sw.from.engineVersion}); snapshot ${name}`;
     }
@@ -460,12 +460,12 @@ export class VmController extends EventEmitter {
       // A forced downgrade drops the snapshot: it was taken before the newer engine, and rolling
       // back to it now would lose what both engines wrote since.
       emit({ type: 'note', level: 'warn', message: `Engine ${pack.id} starts on data last written by engine ${sw.from.pack}, as forced with \`berth engine use ${pack.id} --force\`.`, at: Date.now() });
-      await writeStamp(this.paths.engineStamp, next);
+      await writeStamp(this.driver.dataStore.engineStamp, next);
       await this.dropEngineSnapshots(undefined);
       return `older engine ${pack.id} on data of ${sw.from.pack}, forced`;
     }
     if (stamp?.snapshot) next.snapshot = stamp.snapshot;
-    await writeStamp(this.paths.engineStamp, next);
+    await writeStamp(this.driver.dataStore.engineStamp, next);
     return sw.kind === 'fresh' ? `new data disk, engine ${pack.id}` : `engine ${pack.id}, as last time`;
   }
 

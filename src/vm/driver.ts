@@ -131,6 +131,8 @@ export interface LaunchedGuest {
 /** The engine's data, kept across boots, engines and (later) backends. */
 export interface DataStore {
   readonly path: string;
+  /** Where the record of the engine that last wrote this store is kept (docs/engine-packs.md). */
+  readonly engineStamp: string;
   /**
    * Creates the store or grows it to `sizeGiB`; never shrinks (a note says so). MUST only be called
    * while no guest has it open.

@@ -46,7 +46,7 @@ export class QemuDriver implements VmDriver {
     private readonly log: Logger,
   ) {
     this.verdicts = new VerdictCache(paths.accelVerdicts);
-    this.dataStore = new QcowDataStore(paths.dataDisk);
+    this.dataStore = new QcowDataStore(paths.dataDisk, paths.engineStamp);
   }
 
   async prepare(settings: Settings, imageOf: () => Promise<ResolvedImage>, emit: ProgressListener): Promise<PreparedHost> {
@@ -208,7 +208,10 @@ class QemuGuest extends EventEmitter implements LaunchedGuest {
 class QcowDataStore implements DataStore {
   private qemuImg: Promise<string> | undefined;
 
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    readonly engineStamp: string,
+  ) {}
 
   async ensure(sizeGiB: number): Promise<DataStoreState> {
     const disk = await ensureDataDisk(await this.img(), this.path, sizeGiB);

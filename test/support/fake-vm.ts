@@ -233,8 +233,11 @@ function answerPing(stream: Duplex, status: number): void {
 /** A data store that is a plain file; snapshots are names in a list. */
 export class FakeDataStore implements DataStore {
   readonly snapshots: string[] = [];
+  readonly engineStamp: string;
 
-  constructor(readonly path: string) {}
+  constructor(readonly path: string) {
+    this.engineStamp = `${path}.engine.json`;
+  }
 
   async ensure(sizeGiB: number): Promise<DataStoreState> {
     let created = false;

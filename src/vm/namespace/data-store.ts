@@ -16,7 +16,11 @@ const GiB = 1024 ** 3;
  * sparse copy elsewhere). Every method must run while no namespace has the store mounted.
  */
 export class RawDataStore implements DataStore {
-  constructor(readonly path: string) {}
+  readonly engineStamp: string;
+
+  constructor(readonly path: string) {
+    this.engineStamp = `${path}.engine.json`;
+  }
 
   async ensure(sizeGiB: number): Promise<DataStoreState> {
     await fs.mkdir(path.dirname(this.path), { recursive: true, mode: 0o700 });

@@ -132,15 +132,10 @@ export class NamespaceDriver implements VmDriver {
   }
 
   async adopt(): Promise<LaunchedGuest | undefined> {
-    let state: NsState;
-    try {
-      state = parseState(await fsp.readFile(this.ns.state, 'utf8'));
-    } catch {
-      return undefined;
-    }
-    if (!this.isOurs(state.pid1)) return undefined;
+    const pid1 = await runningNamespacePid(this.paths);
+    if (pid1 === undefined) return undefined;
     const control = await ControlServer.listen(this.ns.controlSocket);
-    return new NamespaceGuest(state.pid1, undefined, control, this.paths.vmLog, this.log);
+    return new NamespaceGuest(pid1, undefined, control, this.paths.vmLog, this.log);
   }
 
   async consoleTail(): Promise<string> {
@@ -163,15 +158,6 @@ export class NamespaceDriver implements VmDriver {
   /** One subtree per berth home: its name is derived from the home, as QEMU's instance UUID is. */
   private subtree(hierarchies: ReturnType<typeof parseHierarchies>): CgroupSubtree {
     return new CgroupSubtree(hierarchies, `berth-${uuidFromTag(this.paths.home).slice(0, 8)}`);
-  }
-
-  private isOurs(pid: number): boolean {
-    if (!pidAlive(pid)) return false;
-    try {
-      return fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`BERTH_INSTANCE=${uuidFromTag(this.paths.home)}`);
-    } catch {
-      return false;
-    }
   }
 
   /** The files the guest reads at boot: written fresh, in a folder only this boot's guest sees. */
@@ -355,6 +341,26 @@ async function waitForChild(child: ChildProcess, timeoutMs: number): Promise<num
     }
     if (Date.now() > until) throw new BerthError('NAMESPACE_FAILED', 'The namespace launcher did not create the namespaces within 10 s.', { hint: 'See `berth logs vm` for its messages.' });
     await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * The namespace's PID 1 a daemon of this berth home left running, or undefined. Only a live
+ * process whose environment carries this home's instance id counts (not a reused pid).
+ */
+export async function runningNamespacePid(paths: BerthPaths): Promise<number | undefined> {
+  let state: NsState;
+  try {
+    state = parseState(await fsp.readFile(path.join(paths.runDir, 'namespace.json'), 'utf8'));
+  } catch {
+    return undefined;
+  }
+  if (!pidAlive(state.pid1)) return undefined;
+  try {
+    const env = fs.readFileSync(`/proc/${state.pid1}/environ`, 'utf8').split('\0');
+    return env.includes(`BERTH_INSTANCE=${uuidFromTag(paths.home)}`) ? state.pid1 : undefined;
+  } catch {
+    return undefined;
   }
 }
 
