@@ -39,6 +39,16 @@ export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv
   });
 }
 
+/**
+ * The backend the suite runs against: BERTH_E2E_BACKEND=namespace runs every `berth start` with
+ * `--backend namespace` (docs/namespace.md); unset, the VM.
+ */
+export const E2E_BACKEND: 'vm' | 'namespace' = process.env.BERTH_E2E_BACKEND === 'namespace' ? 'namespace' : 'vm';
+
+function withBackend(args: string[]): string[] {
+  return E2E_BACKEND === 'namespace' && args[0] === 'start' ? [...args, '--backend', 'namespace'] : args;
+}
+
 export function newInstance(name: string, extraEnv: NodeJS.ProcessEnv = {}): Instance {
   const home = fs.mkdtempSync(path.join('/tmp', `be2e-${name}-`));
   const dockerConfig = path.join(home, 'docker-config');
@@ -49,7 +59,7 @@ export function newInstance(name: string, extraEnv: NodeJS.ProcessEnv = {}): Ins
   const inst: Instance = {
     home,
     env,
-    berth: (args, opts = {}) => run(berthBin, args, { env: { ...env, ...(opts.env ?? {}) }, ...(opts.input !== undefined ? { input: opts.input } : {}), timeoutMs: opts.timeoutMs ?? 600_000 }),
+    berth: (args, opts = {}) => run(berthBin, withBackend(args), { env: { ...env, ...(opts.env ?? {}) }, ...(opts.input !== undefined ? { input: opts.input } : {}), timeoutMs: opts.timeoutMs ?? 600_000 }),
     docker: async (args, opts = {}) => run(dockerCli(), ['-H', await inst.dockerHost(), ...args], { env, ...(opts.input !== undefined ? { input: opts.input } : {}), timeoutMs: opts.timeoutMs ?? 300_000 }),
     dockerHost: async () => {
       const s = await inst.berth(['status', '--json']);
