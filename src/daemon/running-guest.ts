@@ -158,8 +158,16 @@ export class RunningGuest {
     this.publisher = this.startPublisher();
   }
 
-  /** Stops serving the Docker API (the first step of a stop: no new requests reach a stopping engine). */
-  async closeApi(): Promise<void> {
+  /**
+   * The first step of a stop: no new request reaches a stopping engine, and nothing of ours keeps
+   * a connection to it open (the publisher's event stream would make dockerd wait 5 s for its
+   * HTTP server at shutdown).
+   */
+  async stopServing(): Promise<void> {
+    this.publisher?.stop();
+    this.publisher = undefined;
+    this.mounts?.close();
+    this.mounts = undefined;
     const p = this.proxy;
     this.proxy = undefined;
     await p?.close().catch(() => {});
@@ -169,9 +177,7 @@ export class RunningGuest {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.publisher?.stop();
-    this.mounts?.close();
-    await this.closeApi();
+    await this.stopServing();
     this.session.close();
     await this.net?.stop();
     await this.files?.stop();

@@ -391,7 +391,7 @@ export class VmController extends EventEmitter {
     this.warnings = [];
     let forced: string | undefined;
     await step(emit, 'stop.api', 'Stop serving the Docker API', async () => {
-      await r.closeApi();
+      await r.stopServing();
     });
     await step(emit, 'stop.guest', 'Stop the engine and power off the VM', async (d) => {
       try {
