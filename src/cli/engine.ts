@@ -2,12 +2,12 @@ import { findPack, loadManifest } from '../image/index.js';
 import { imageInputs } from '../daemon/image-source.js';
 import type { StatusReport } from '../daemon/api-types.js';
 import { classifySwitch, downgradeError, readStamp, writeStamp } from '../engine/stamp.js';
-import { applySnapshot, deleteSnapshot, listSnapshots } from '../engine/snapshot.js';
 import type { BerthPaths } from '../settings/paths.js';
 import { readSettings, setSetting } from '../settings/settings.js';
 import { BerthError } from '../util/errors.js';
-import { findQemu } from '../vm/qemu-binary.js';
 import { guestLeftRunning } from '../vm/running.js';
+import { dataStoreFor } from '../vm/stores.js';
+import type { DataStore } from '../vm/driver.js';
 import { DaemonClient } from './daemon-client.js';
 import type { Out } from './render.js';
 
@@ -32,12 +32,19 @@ async function runningStatus(paths: BerthPaths): Promise<StatusReport | undefine
   return (await new DaemonClient(paths).getIfRunning('/v1/status').catch(() => undefined)) as StatusReport | undefined;
 }
 
+/** The data store these commands are about: the running guest's backend's, else the setting's. */
+function storeOf(paths: BerthPaths, settings: Awaited<ReturnType<typeof readSettings>>, running: StatusReport | undefined): DataStore {
+  const backend = running?.state === 'running' && (running.backend === 'vm' || running.backend === 'namespace') ? running.backend : settings.backend;
+  return dataStoreFor(paths, backend);
+}
+
 export async function engineList(paths: BerthPaths, opts: { json: boolean }, out: Out): Promise<number> {
   const inputs = imageInputs(paths.cache);
   const manifest = await loadManifest(inputs.manifestPath);
   const settings = await readSettings(paths.settings);
-  const stamp = await readStamp(paths.engineStamp, paths.dataDisk);
   const running = await runningStatus(paths);
+  const store = storeOf(paths, settings, running);
+  const stamp = await readStamp(store.engineStamp, store.path);
   const rows: EngineRow[] = [];
   for (const p of manifest.packs) {
     const built = await findPack(inputs, p.id);
@@ -78,14 +85,15 @@ export async function engineUse(
       hint: 'Run `berth engine list` for the engines this berth has.',
     });
   }
-  const stamp = await readStamp(paths.engineStamp, paths.dataDisk);
+  const running = await runningStatus(paths);
+  const store = storeOf(paths, await readSettings(paths.settings), running);
+  const stamp = await readStamp(store.engineStamp, store.path);
   const sw = classifySwitch(stamp, pack.id);
   if (sw.kind === 'downgrade') {
     if (!opts.force) throw downgradeError(sw.from, pack.id);
-    await writeStamp(paths.engineStamp, { ...sw.from, allowDowngradeTo: pack.id });
+    await writeStamp(store.engineStamp, { ...sw.from, allowDowngradeTo: pack.id });
   }
   await setSetting(paths.settings, 'engine.version', pack.id);
-  const running = await runningStatus(paths);
   const needsRestart = running?.state === 'running' && running.enginePack?.id !== pack.id;
   if (opts.json && !(opts.restart && needsRestart)) {
     out.write(JSON.stringify({ engine: pack.id, switch: sw.kind, restartNeeded: needsRestart }) + '\n');
@@ -109,25 +117,25 @@ export async function engineRollback(paths: BerthPaths, opts: { json: boolean },
   if ((running && running.state !== 'stopped' && running.state !== 'failed') || (await guestLeftRunning(paths))) {
     throw new BerthError('VM_RUNNING', 'The engine cannot be rolled back while berth runs: the data disk is in use.', { hint: 'Run `berth stop`, then `berth engine rollback`.' });
   }
-  const stamp = await readStamp(paths.engineStamp, paths.dataDisk);
+  const store = storeOf(paths, await readSettings(paths.settings), undefined);
+  const stamp = await readStamp(store.engineStamp, store.path);
   const snap = stamp?.snapshot;
   if (!stamp || !snap) {
     throw new BerthError('ENGINE_NO_SNAPSHOT', 'There is no snapshot to roll back to: berth takes one when a start upgrades the engine, and none is kept now.', {
       hint: 'Run `berth engine list` to see which engine wrote the data disk.',
     });
   }
-  const { img } = await findQemu();
-  if (!(await listSnapshots(img, paths.dataDisk)).includes(snap.name)) {
-    throw new BerthError('ENGINE_NO_SNAPSHOT', `The snapshot ${snap.name} that ${paths.engineStamp} names is not in the data disk ${paths.dataDisk}.`, {
+  if (!(await store.listSnapshots()).includes(snap.name)) {
+    throw new BerthError('ENGINE_NO_SNAPSHOT', `The snapshot ${snap.name} that ${store.engineStamp} names is not kept with the data disk ${store.path}.`, {
       hint: `Nothing was changed. To go on with engine ${stamp.pack}'s data: \`berth engine use ${stamp.pack}\`.`,
     });
   }
   // Restore, then record at once which engine the data is now from (so a failure after this point
   // cannot let the newer engine migrate the restored data without a new snapshot), then tidy up.
-  await applySnapshot(img, paths.dataDisk, snap.name);
-  await writeStamp(paths.engineStamp, { pack: snap.pack, engineVersion: snap.engineVersion, writtenAt: new Date().toISOString() });
+  await store.applySnapshot(snap.name);
+  await writeStamp(store.engineStamp, { pack: snap.pack, engineVersion: snap.engineVersion, writtenAt: new Date().toISOString() });
   await setSetting(paths.settings, 'engine.version', snap.pack);
-  const leftover = await deleteSnapshot(img, paths.dataDisk, snap.name).then(
+  const leftover = await store.deleteSnapshot(snap.name).then(
     () => undefined,
     (err: Error) => err.message,
   );

@@ -12,13 +12,12 @@ import { chooseAccelerator, fallbackWarning, type Accelerator, type ProbeResult 
 import { VerdictCache } from './accel-verdicts.js';
 import { watchForAccelFailure } from './accel-watch.js';
 import { watchForSilentBoot } from './boot-watch.js';
-import { ensureDataDisk } from './data-disk.js';
 import { QemuProcess, type QemuExit } from './qemu-process.js';
 import type { VmConfig } from './qemu-args.js';
 import type { MuxLink } from '../control/mux.js';
 import { dialUnixSocket, socketLink } from '../control/socket-link.js';
-import { applySnapshot, createSnapshot, deleteSnapshot, listSnapshots } from '../engine/snapshot.js';
-import type { Attachment, Booted, BootRequest, DataStore, DataStoreState, LaunchedGuest, PreparedHost, VmDriver } from './driver.js';
+import type { Attachment, Booted, BootRequest, DataStore, LaunchedGuest, PreparedHost, VmDriver } from './driver.js';
+import { dataStoreFor } from './stores.js';
 
 /** What `prepare` hands back to `boot` (PreparedHost.detail). */
 interface QemuPrepared {
@@ -46,7 +45,7 @@ export class QemuDriver implements VmDriver {
     private readonly log: Logger,
   ) {
     this.verdicts = new VerdictCache(paths.accelVerdicts);
-    this.dataStore = new QcowDataStore(paths.dataDisk, paths.engineStamp);
+    this.dataStore = dataStoreFor(paths, 'vm');
   }
 
   async prepare(settings: Settings, imageOf: () => Promise<ResolvedImage>, emit: ProgressListener): Promise<PreparedHost> {
@@ -201,44 +200,6 @@ class QemuGuest extends EventEmitter implements LaunchedGuest {
     return new BerthError('QEMU_EXITED', `The VM stopped unexpectedly: QEMU ${how}.`, {
       hint: `See the console log (${this.paths.vmLog}) and QEMU's messages (${this.paths.qemuLog}).`,
     });
-  }
-}
-
-/** The data disk: a sparse qcow2 whose internal snapshots serve the engine switch. */
-class QcowDataStore implements DataStore {
-  private qemuImg: Promise<string> | undefined;
-
-  constructor(
-    readonly path: string,
-    readonly engineStamp: string,
-  ) {}
-
-  async ensure(sizeGiB: number): Promise<DataStoreState> {
-    const disk = await ensureDataDisk(await this.img(), this.path, sizeGiB);
-    return { virtualGiB: disk.virtualGiB, allocatedBytes: disk.allocatedBytes, created: disk.created, ...(disk.note ? { note: disk.note } : {}) };
-  }
-
-  async createSnapshot(name: string): Promise<void> {
-    await createSnapshot(await this.img(), this.path, name);
-  }
-
-  async applySnapshot(name: string): Promise<void> {
-    await applySnapshot(await this.img(), this.path, name);
-  }
-
-  async deleteSnapshot(name: string): Promise<void> {
-    await deleteSnapshot(await this.img(), this.path, name);
-  }
-
-  async listSnapshots(): Promise<string[]> {
-    return listSnapshots(await this.img(), this.path);
-  }
-
-  private img(): Promise<string> {
-    this.qemuImg ??= findQemu().then((q) => q.img);
-    // A failed lookup is not remembered: the user may install QEMU and try again.
-    this.qemuImg.catch(() => (this.qemuImg = undefined));
-    return this.qemuImg;
   }
 }
 

@@ -18,7 +18,7 @@ import { uuidFromTag } from '../qemu-args.js';
 import type { Attachment, Booted, BootRequest, DataStore, LaunchedGuest, PreparedHost, VmDriver } from '../driver.js';
 import { CgroupSubtree, cgroupLayout, parseHierarchies } from './cgroups.js';
 import { ControlServer } from './control-server.js';
-import { RawDataStore } from './data-store.js';
+import { dataStoreFor } from '../stores.js';
 
 /** How long the launcher gets to create the namespace's tap (normally well under a second). */
 const TAP_WAIT_MS = 30_000;
@@ -62,7 +62,7 @@ export class NamespaceDriver implements VmDriver {
     private readonly paths: BerthPaths,
     private readonly log: Logger,
   ) {
-    this.dataStore = new RawDataStore(path.join(paths.disksDir, 'data.img'));
+    this.dataStore = dataStoreFor(paths, 'namespace');
     this.ns = {
       hostDir: path.join(paths.runDir, 'ns'),
       controlSocket: path.join(paths.runDir, 'ns', 'control.sock'),
