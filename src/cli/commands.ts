@@ -110,7 +110,7 @@ export const COMMANDS: CommandSpec[] = [
     describe: 'Start the VM and the Docker engine (builds the guest image if needed)',
     options: {
       'switch-context': { type: 'boolean', describe: 'Make the docker CLI context `berth` the current one' },
-      backend: { type: 'string', choices: ['vm', 'namespace'], requiresArg: true, describe: 'Where the guest runs this time: a VM (the default) or namespaces on this Linux host (root; docs/namespace.md)' },
+      backend: { type: 'string', choices: ['vm', 'namespace'], requiresArg: true, describe: 'Where the guest runs, remembered as the `backend` setting: a VM (the default) or namespaces on this Linux host (root; docs/namespace.md)' },
     },
     parse: (raw) => {
       const b = text(raw, 'backend');

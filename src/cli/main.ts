@@ -76,7 +76,12 @@ function report(e: BerthError, json: boolean, io: Io): void {
 function handlers(out: Out): Handlers {
   const paths = resolvePaths();
   return {
-    start: (o) => lifecycle(paths, o, `/v1/start?${new URLSearchParams({ ...(o.switchContext ? { switchContext: '1' } : {}), ...(o.backend ? { backend: o.backend } : {}) }).toString()}`, out),
+    start: async (o) => {
+      // --backend is remembered (the setting), so that restart, status and the engine commands
+      // agree on where the guest and its data are.
+      if (o.backend) await setSetting(paths.settings, 'backend', o.backend);
+      return lifecycle(paths, o, `/v1/start${o.switchContext ? '?switchContext=1' : ''}`, out);
+    },
     stop: (o) => stop(paths, o, out),
     restart: (o) => lifecycle(paths, o, '/v1/restart', out),
     status: (o) => status(paths, o, out),
