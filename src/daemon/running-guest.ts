@@ -254,8 +254,18 @@ export class RunningGuest {
    */
   private startChangeEvents(): void {
     const files = this.files;
-    if (!files) return;
     const session = this.session;
+    const inspect = (id: string) => dockerJson(() => session.openDocker(), 'GET', `/containers/${encodeURIComponent(id)}/json`);
+    const verify = (paths: string[]) => session.rpc('fs.verify', { paths }, 30_000);
+    if (!files) {
+      // Shares the driver bound itself (namespaces): the kernel's own change events, nothing to
+      // pin or replay; a bind source is still checked at each start, as the guest resolves it
+      // (a symlink put there could name the engine's socket inside the guest).
+      if (this.shares.length === 0) return;
+      const none = async () => {};
+      this.mounts = new MountTracker({ shares: () => this.shares.map((s) => s.path), inspect, verify, pin: none, unpin: none, watch: none }, this.deps.log.child('mounts'));
+      return;
+    }
     // A file server that crashed and came back has lost every connection: the guest mounts the
     // shares again, with fresh tickets.
     files.onRestart = () => {
@@ -269,8 +279,8 @@ export class RunningGuest {
     this.mounts = new MountTracker(
       {
         shares: () => files.shares.map((s) => s.path),
-        inspect: (id) => dockerJson(() => session.openDocker(), 'GET', `/containers/${encodeURIComponent(id)}/json`),
-        verify: (paths) => session.rpc('fs.verify', { paths }, 30_000),
+        inspect,
+        verify,
         pin: async (paths) => {
           // A cached share: the VM may have cached these folders while nobody watched them.
           const dropCaches = paths.some((p) => files.shares.some((s) => s.cache && isWithin(p, s.path)));

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { cacheDir, killStrays, newInstance, qemuPids, repoRoot, type Instance } from './harness.js';
+import { cacheDir, killStrays, newInstance, guestPids, repoRoot, type Instance } from './harness.js';
 
 /**
  * Errors a user will hit. Each must give a clear message, a non-zero exit code, and leave no
@@ -31,7 +31,7 @@ describe('errors', { timeout: 900_000 }, () => {
     assert.match(r.stderr, /settings\.json is not valid JSON/);
     assert.match(r.stderr, /the file was left as it is/);
     assert.equal(fs.readFileSync(path.join(b.home, 'settings.json'), 'utf8'), '{"cpus": 2,, }');
-    assert.deepEqual(qemuPids(b.home), []);
+    assert.deepEqual(guestPids(b.home), []);
   });
 
   test('an invalid setting value names the key and the range', async () => {
@@ -62,7 +62,7 @@ describe('errors', { timeout: 900_000 }, () => {
       const r = await b.berth(['start']);
       assert.equal(r.code, 1);
       assert.match(r.stderr, /already in use by another program/);
-      assert.deepEqual(qemuPids(b.home), []);
+      assert.deepEqual(guestPids(b.home), []);
       assert.ok(fs.existsSync(sock), 'the other engine keeps its socket');
     } finally {
       other.close();
@@ -88,7 +88,7 @@ describe('errors', { timeout: 900_000 }, () => {
     const s = await b.berth(['start']);
     assert.equal(s.code, 1);
     assert.match(s.stderr, /berth-no-such-package/);
-    assert.deepEqual(qemuPids(b.home), []);
+    assert.deepEqual(guestPids(b.home), []);
     assert.deepEqual(partials().filter((d) => !before.has(d)), []);
     fs.rmSync(guest, { recursive: true, force: true });
   });
@@ -105,7 +105,7 @@ describe('errors', { timeout: 900_000 }, () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /did not .* within 10 s|not ready within/);
     assert.match(r.stderr, /last lines of console/);
-    assert.deepEqual(qemuPids(b.home), []);
+    assert.deepEqual(guestPids(b.home), []);
     const st = JSON.parse((await b.berth(['status', '--json'])).stdout);
     assert.equal(st.state, 'failed');
   });

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { busyboxRootfsTar, daemonPid, newInstance, qemuPids, sleep, type Instance } from './harness.js';
+import { busyboxRootfsTar, daemonPid, newInstance, guestPids, sleep, type Instance } from './harness.js';
 import { which } from '../../src/vm/qemu-binary.js';
 
 /**
@@ -25,7 +25,7 @@ describe('faults', { timeout: 1_500_000 }, () => {
   test('a write the guest fsynced survives kill -9 of QEMU', async () => {
     const w = await b.docker(['run', '--rm', '-v', 'durable:/data', 'berth-test/busybox:1', 'sh', '-c', 'echo fsynced-before-kill > /data/f && sync']);
     assert.equal(w.code, 0, w.stderr);
-    const [pid] = qemuPids(b.home);
+    const [pid] = guestPids(b.home);
     assert.ok(pid, 'QEMU runs');
     process.kill(pid, 'SIGKILL');
 
@@ -48,12 +48,12 @@ describe('faults', { timeout: 1_500_000 }, () => {
   });
 
   test('kill -9 of the daemon: status finds the running VM and re-attaches', async () => {
-    const qemuBefore = qemuPids(b.home);
+    const qemuBefore = guestPids(b.home);
     const pid = daemonPid(b.home);
     assert.ok(pid, 'daemon pid file');
     process.kill(pid, 'SIGKILL');
     await sleep(300);
-    assert.deepEqual(qemuPids(b.home), qemuBefore, 'QEMU survives the daemon');
+    assert.deepEqual(guestPids(b.home), qemuBefore, 'QEMU survives the daemon');
 
     const st = await b.berth(['status', '--json']);
     assert.equal(st.code, 0, st.stderr);
@@ -66,13 +66,13 @@ describe('faults', { timeout: 1_500_000 }, () => {
   });
 
   test('kill -9 of the daemon, then start: a no-op on the same VM', async () => {
-    const qemuBefore = qemuPids(b.home);
+    const qemuBefore = guestPids(b.home);
     process.kill(daemonPid(b.home)!, 'SIGKILL');
     await sleep(300);
     const r = await b.berth(['start']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /already running/);
-    assert.deepEqual(qemuPids(b.home), qemuBefore);
+    assert.deepEqual(guestPids(b.home), qemuBefore);
   });
 
   test('a kernel that prints nothing (hung before the initramfs): start warns, boots the VM again and succeeds', async (t) => {
@@ -91,14 +91,14 @@ describe('faults', { timeout: 1_500_000 }, () => {
     assert.ok(fs.existsSync(path.join(q.home, 'paused-once')), 'the first launch was paused');
     assert.doesNotMatch(fs.readFileSync(path.join(q.home, 'logs', 'vm.prev.log'), 'utf8'), /berth-boot:/);
     assert.match(fs.readFileSync(path.join(q.home, 'logs', 'vm.log'), 'utf8'), /berth-boot: initramfs/);
-    assert.equal(qemuPids(q.home).length, 1, 'one QEMU: the paused one is gone');
+    assert.equal(guestPids(q.home).length, 1, 'one QEMU: the paused one is gone');
     const v = await q.docker(['version', '--format', '{{.Server.Version}}']);
     assert.equal(v.code, 0, v.stderr);
   });
 
   test('kill -9 of both daemon and QEMU: start recovers cleanly', async () => {
     process.kill(daemonPid(b.home)!, 'SIGKILL');
-    for (const p of qemuPids(b.home)) process.kill(p, 'SIGKILL');
+    for (const p of guestPids(b.home)) process.kill(p, 'SIGKILL');
     await sleep(300);
     const r = await b.berth(['start']);
     assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);

@@ -126,6 +126,20 @@ export function killStrays(home: string): void {
 }
 
 /** Pids of QEMU processes whose command line mentions this home. */
+/**
+ * The guest's process as `berth status` names it (qemuPid): QEMU for the VM, the namespace's
+ * PID 1 for the namespace backend (none once it is gone).
+ */
+export function guestPids(home: string): number[] {
+  if (E2E_BACKEND === 'vm') return qemuPids(home);
+  try {
+    const { pid1 } = JSON.parse(fs.readFileSync(path.join(home, 'run', 'namespace.json'), 'utf8')) as { pid1: number };
+    return fs.existsSync(`/proc/${pid1}/environ`) && fs.readFileSync(`/proc/${pid1}/environ`, 'utf8').includes('BERTH_INSTANCE=') ? [pid1] : [];
+  } catch {
+    return [];
+  }
+}
+
 export function qemuPids(home: string): number[] {
   const out: number[] = [];
   for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { busyboxRootfsTar, daemonPid, dockerCli, newInstance, qemuPids, sleep, type Instance } from './harness.js';
+import { busyboxRootfsTar, daemonPid, dockerCli, newInstance, guestPids, sleep, type Instance } from './harness.js';
 
 /**
  * Isolation under attack (docs/security.md): each test is an attack that worked before the rule
@@ -301,7 +301,7 @@ describe('isolation', { timeout: 2_400_000 }, () => {
   });
 
   test('the daemon log names the signal that killed QEMU', async () => {
-    const [pid] = qemuPids(b.home);
+    const [pid] = guestPids(b.home);
     assert.ok(pid, 'QEMU runs');
     process.kill(pid!, 'SIGKILL');
     const log = path.join(b.home, 'logs', 'daemon.log');

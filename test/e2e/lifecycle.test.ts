@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { busyboxRootfsTar, dockerCli, newInstance, qemuPids, run, type Instance } from './harness.js';
+import { busyboxRootfsTar, dockerCli, newInstance, guestPids, run, type Instance } from './harness.js';
 
 /**
  * The main path on the real VM (TCG here): start, the docker CLI through berth's socket (version,
@@ -24,7 +24,7 @@ describe('lifecycle', { timeout: 1_200_000 }, () => {
     assert.match(r.stdout, /Launch QEMU/);
     assert.match(r.stdout, /Start the Docker engine/);
     assert.match(r.stdout, /berth is running/);
-    assert.equal(qemuPids(b.home).length, 1);
+    assert.equal(guestPids(b.home).length, 1);
   });
 
   test('status --json has the documented fields', async () => {
@@ -44,7 +44,7 @@ describe('lifecycle', { timeout: 1_200_000 }, () => {
     const r = await b.berth(['start']);
     assert.equal(r.code, 0);
     assert.match(r.stdout, /already running/);
-    assert.equal(qemuPids(b.home).length, 1);
+    assert.equal(guestPids(b.home).length, 1);
   });
 
   test('docker version talks to the engine in the VM', async () => {
@@ -125,7 +125,7 @@ describe('lifecycle', { timeout: 1_200_000 }, () => {
   test('stop, then start again: the images are still there', async () => {
     const stop = await b.berth(['stop']);
     assert.equal(stop.code, 0, stop.stderr);
-    assert.deepEqual(qemuPids(b.home), []);
+    assert.deepEqual(guestPids(b.home), []);
     const st = JSON.parse((await b.berth(['status', '--json'])).stdout);
     assert.equal(st.state, 'stopped');
     const start = await b.berth(['start']);
