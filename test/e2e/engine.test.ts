@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { busyboxRootfsTar, dockerCli, newInstance, run, type Instance, type RunResult } from './harness.js';
+import { busyboxRootfsTar, dockerCli, type Instance, newInstance, run, type RunResult, VM_ONLY } from './harness.js';
 import { debianImageTar } from './images.js';
 
 /**
@@ -148,7 +148,7 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
     }
   });
 
-  test("the pack's emulators are registered with F and C; none for the machine's own architecture", async () => {
+  test("the pack's emulators are registered with F and C; none for the machine's own architecture", { skip: VM_ONLY }, async () => {
     const list = ok(await b.berth(['shell', '--', 'ls', '/proc/sys/fs/binfmt_misc']), 'ls binfmt_misc').split(/\s+/);
     for (const arch of ['aarch64', 'arm', 'riscv64', 'ppc64le', 's390x']) assert.ok(list.includes(`qemu-${arch}`), `qemu-${arch} registered`);
     assert.ok(!list.some((e) => /x86_64|i386/.test(e)), 'the native architecture is not registered');
@@ -158,7 +158,7 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
     assert.match(entry, /^flags: [A-Z]*C[A-Z]*$/m);
   });
 
-  test('an arm64 image runs: uname -m is aarch64, and a set-uid program gets root as sudo does', async () => {
+  test('an arm64 image runs: uname -m is aarch64, and a set-uid program gets root as sudo does', { skip: VM_ONLY }, async () => {
     const tar = await debianImageTar(['coreutils'], { arch: 'arm64', setuid: ['id'] });
     ok(await b.docker(['import', '--platform', 'linux/arm64', '-', ARM64], { input: tar }), 'import arm64');
     assert.equal(ok(await docker(['image', 'inspect', '--format', '{{.Architecture}}', ARM64]), 'inspect').trim(), 'arm64');
@@ -169,7 +169,7 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
     assert.equal(ok(await docker(['run', '--rm', '--platform', 'linux/arm64', '--user', '1000:1000', ARM64, 'id', '-u']), 'plain id').trim(), '1000');
   });
 
-  test('arm/v7, ppc64le and s390x images run too (Debian 12 has no riscv64 packages to build one from)', async () => {
+  test('arm/v7, ppc64le and s390x images run too (Debian 12 has no riscv64 packages to build one from)', { skip: VM_ONLY }, async () => {
     const cases = [
       { deb: 'armhf', platform: 'linux/arm/v7', machine: 'armv7l' },
       { deb: 'ppc64el', platform: 'linux/ppc64le', machine: 'ppc64le' },
@@ -182,7 +182,7 @@ describe('engine packs: Docker 26 with compose, buildx and other architectures',
     }
   });
 
-  test('docker build --platform linux/arm64 runs a RUN step under emulation', async () => {
+  test('docker build --platform linux/arm64 runs a RUN step under emulation', { skip: VM_ONLY }, async () => {
     const dir = fs.mkdtempSync('/tmp/berth-arm64-');
     try {
       fs.writeFileSync(path.join(dir, 'Dockerfile'), `FROM ${ARM64}\nRUN uname -m > /arch\n`);

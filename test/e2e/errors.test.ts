@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { cacheDir, killStrays, newInstance, guestPids, repoRoot, type Instance } from './harness.js';
+import { cacheDir, guestPids, type Instance, killStrays, newInstance, repoRoot, VM_ONLY } from './harness.js';
 
 /**
  * Errors a user will hit. Each must give a clear message, a non-zero exit code, and leave no
@@ -41,7 +41,7 @@ describe('errors', { timeout: 900_000 }, () => {
     assert.match(r.stderr, /"memoryMiB" is 12; it must be an integer from 512/);
   });
 
-  test('QEMU missing: says which package to install', async () => {
+  test('QEMU missing: says which package to install', { skip: VM_ONLY }, async () => {
     // A PATH with node and nothing else: no qemu-system-x86_64 to be found.
     const bin = fs.mkdtempSync('/tmp/berth-nobin-');
     fs.symlinkSync(process.execPath, path.join(bin, 'node'));

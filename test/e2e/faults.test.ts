@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { busyboxRootfsTar, daemonPid, newInstance, guestPids, sleep, type Instance } from './harness.js';
+import { busyboxRootfsTar, daemonPid, guestPids, type Instance, newInstance, sleep, VM_ONLY } from './harness.js';
 import { which } from '../../src/vm/qemu-binary.js';
 
 /**
@@ -75,7 +75,7 @@ describe('faults', { timeout: 1_500_000 }, () => {
     assert.deepEqual(guestPids(b.home), qemuBefore);
   });
 
-  test('a kernel that prints nothing (hung before the initramfs): start warns, boots the VM again and succeeds', async (t) => {
+  test('a kernel that prints nothing (hung before the initramfs): start warns, boots the VM again and succeeds', { skip: VM_ONLY }, async (t) => {
     // The VM's first launch starts paused (-S: the guest never runs, as a hung kernel), through
     // a BERTH_QEMU wrapper; only the VM's launch has -pidfile (the accelerator probe has not).
     const q = newInstance('silent', { BERTH_SILENT_BOOT_SEC: '5' });

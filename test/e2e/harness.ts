@@ -45,6 +45,12 @@ export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv
  */
 export const E2E_BACKEND: 'vm' | 'namespace' = process.env.BERTH_E2E_BACKEND === 'namespace' ? 'namespace' : 'vm';
 
+/**
+ * `{ skip: VM_ONLY }` on a test about the VM itself (QEMU, its kernel, the 9P file server, binfmt
+ * emulation): on the namespace backend it is skipped with this reason.
+ */
+export const VM_ONLY: string | false = E2E_BACKEND === 'namespace' ? 'about the VM itself (QEMU, its kernel, the 9P file server or emulation)' : false;
+
 function withBackend(args: string[]): string[] {
   return E2E_BACKEND === 'namespace' && args[0] === 'start' ? [...args, '--backend', 'namespace'] : args;
 }

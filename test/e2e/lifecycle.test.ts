@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { busyboxRootfsTar, dockerCli, newInstance, guestPids, run, type Instance } from './harness.js';
+import { busyboxRootfsTar, dockerCli, E2E_BACKEND, guestPids, type Instance, newInstance, run } from './harness.js';
 
 /**
  * The main path on the real VM (TCG here): start, the docker CLI through berth's socket (version,
@@ -21,7 +21,7 @@ describe('lifecycle', { timeout: 1_200_000 }, () => {
   test('berth start boots the VM and reports each phase', async () => {
     const r = await b.berth(['start']);
     assert.equal(r.code, 0, `start failed:\n${r.stdout}\n${r.stderr}`);
-    assert.match(r.stdout, /Launch QEMU/);
+    assert.match(r.stdout, E2E_BACKEND === 'vm' ? /Launch QEMU/ : /Launch the namespaces/);
     assert.match(r.stdout, /Start the Docker engine/);
     assert.match(r.stdout, /berth is running/);
     assert.equal(guestPids(b.home).length, 1);
@@ -33,7 +33,8 @@ describe('lifecycle', { timeout: 1_200_000 }, () => {
     const s = JSON.parse(r.stdout);
     assert.equal(s.state, 'running');
     assert.equal(s.dockerHost, `unix://${path.join(b.home, 'run', 'docker.sock')}`);
-    assert.match(s.accelerator, /^(kvm|tcg)$/);
+    assert.equal(s.backend, E2E_BACKEND);
+    assert.match(s.accelerator, E2E_BACKEND === 'vm' ? /^(kvm|tcg)$/ : /^native$/);
     assert.ok(Number.isInteger(s.cpus) && s.cpus > 0);
     assert.ok(Number.isInteger(s.memoryMiB) && s.memoryMiB >= 512);
     assert.match(s.imageVersion, /^[0-9a-f]{12}$/);
