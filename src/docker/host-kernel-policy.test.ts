@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decideJsonBody, type BodyDecision } from './decide.js';
+import { nativeDockerArch, platformRefusal } from './host-kernel-policy.js';
 import { DEFAULT_VM_PATHS, type MountPolicy } from './mount-policy.js';
 import type { RouteMatch } from './routes.js';
 
@@ -62,4 +63,14 @@ test('the VM backend does not apply these rules (the VM is the boundary); a CapA
   if (d.ok) assert.deepEqual((JSON.parse(d.body.toString()) as { HostConfig: { CapAdd: unknown } }).HostConfig.CapAdd, ['NET_ADMIN']);
   const bad = await create({ Privileged: 'true' }, vm);
   assert.equal(bad.ok, false, 'a Privileged that is not a boolean is refused as dockerd would refuse it');
+});
+
+test('namespace backend: a platform of another architecture is refused, the native one passes', () => {
+  assert.equal(nativeDockerArch('x64'), 'amd64');
+  assert.equal(nativeDockerArch('arm64'), 'arm64');
+  assert.equal(platformRefusal([['platform', 'linux/amd64']], 'amd64'), undefined);
+  assert.equal(platformRefusal([['name', 'x'], ['platform', '']], 'amd64'), undefined);
+  assert.match(platformRefusal([['platform', 'linux/arm64']], 'amd64') ?? '', /"linux\/arm64" cannot run with the namespace backend.*amd64 programs only.*berth start --backend vm/);
+  assert.match(platformRefusal([['platform', 'linux/amd64,linux/arm/v7']], 'amd64') ?? '', /linux\/arm\/v7/);
+  assert.match(platformRefusal([['platform', 'LINUX/ARM64']], 'amd64') ?? '', /LINUX\/ARM64/);
 });

@@ -41,3 +41,28 @@ export function hostKernelRefusal(hc: HostConfig): HostKernelRefusal | undefined
 export function hostKernelMessage(r: HostKernelRefusal): string {
   return `berth: ${r.field} cannot be used with the namespace backend: ${r.what}, and there berth's engine runs on this machine's own kernel (no VM in between). Use the VM backend (\`berth start --backend vm\`), or allow it knowingly with \`berth settings set namespace.allowPrivileged true\` and \`berth restart\`.`;
 }
+
+/** The engine's own architecture as Docker names it (the namespace backend runs on the host's). */
+export function nativeDockerArch(nodeArch: string = process.arch): string {
+  const names: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', ia32: '386' };
+  return names[nodeArch] ?? nodeArch;
+}
+
+/**
+ * The `platform` query of a container create or a build (`linux/arm64`, `linux/amd64,linux/arm64`):
+ * in namespaces nothing emulates another architecture (binfmt_misc would be the whole host's), so
+ * such a container could only fail later with "exec format error". Refused now, with the way out.
+ */
+export function platformRefusal(query: readonly [string, string][], native: string = nativeDockerArch()): string | undefined {
+  for (const [k, v] of query) {
+    if (k !== 'platform' || v.trim() === '') continue;
+    for (const p of v.split(',')) {
+      const arch = p.trim().toLowerCase().split('/')[1];
+      if (arch !== undefined && arch !== native) {
+        return `berth: the platform ${JSON.stringify(p.trim())} cannot run with the namespace backend: it runs on this machine's own kernel, which runs ${native} programs only (emulating others would change the whole host). Use the VM backend (\`berth start --backend vm\`), which runs other architectures through its emulators.`;
+      }
+    }
+  }
+  return undefined;
+}
+

@@ -10,6 +10,7 @@ import { decideJsonBody, type BodyDecision, type Decider } from './decide.js';
 import { PluginArchiveCheck } from './plugin-tar.js';
 import type { MountPolicy } from './mount-policy.js';
 import type { StreamOpener } from './engine-client.js';
+import { platformRefusal } from './host-kernel-policy.js';
 
 /** A request that runs something in a container: a container start or restart, or an exec start. */
 export interface HeldRun {
@@ -302,6 +303,11 @@ class ClientConnection {
       return this.refuse(400, `berth: Docker API version ${version} is older than ${MIN_API_VERSION}, the oldest berth accepts (older ones let a container start change its mounts). Use a newer docker client.`);
     }
     if (match?.route.refuse) return this.refuse(400, `berth: ${head.method} ${bytesToText(t.target.path)} is refused: ${match.route.refuse}.`);
+    // Another architecture cannot run on the host's kernel (namespace backend; host-kernel-policy.ts).
+    if (match && (match.route.body === 'container-create' || match.route.path === '/build') && this.proxy.o.policy().hostKernel) {
+      const refusal = platformRefusal(t.target.query);
+      if (refusal) return this.refuse(400, refusal);
+    }
     const kind = match?.route.body ?? (framing.kind === 'none' ? 'none' : undefined);
     if (kind === undefined) {
       return this.refuse(400, `berth: ${head.method} ${bytesToText(t.target.path)} with a body is not an endpoint berth knows; it is refused because only known endpoints may carry a body.`);
