@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # qemu-system-x86 + qemu-utils: the VM; squashfs-tools, kmod, xz-utils, cpio: the image builder;
 # apt/dpkg are already there on Debian/Ubuntu. passt: only the anchor of `npm run bench` (small).
-PKGS=(qemu-system-x86 qemu-utils squashfs-tools kmod xz-utils zstd cpio ca-certificates passt)
+# e2fsprogs, util-linux: the namespace backend's data store and launcher (mkfs.ext4, unshare, nsenter).
+PKGS=(qemu-system-x86 qemu-utils squashfs-tools kmod xz-utils zstd cpio ca-certificates passt e2fsprogs util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
