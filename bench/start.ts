@@ -2,7 +2,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { findImage, loadManifest } from '../src/image/index.js';
+import { findImage, findPack, loadManifest } from '../src/image/index.js';
 import { imageInputs } from '../src/daemon/image-source.js';
 import { resolvePaths } from '../src/settings/paths.js';
 import { findQemu } from '../src/vm/qemu-binary.js';
@@ -22,15 +22,19 @@ import { median, type BenchResult, type Row } from './report.js';
  *   daemon reports.
  * - first start: the same on a fresh home (creates and formats the data disk), once.
  * - memory: the daemon's RSS once the VM is running and idle, and QEMU's.
+ * - the namespace backend (docs/namespace.md, when this host can run it): cold start to API-ready
+ *   against its floor, dockerd of the same pack started by hand in a plain `unshare` namespace
+ *   over the same images (no cgroup subtree, no network, no agent, no berth).
  */
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
 const berth = path.join(repo, 'bin', 'berth');
 
-/** One way to boot: an engine pack, and optionally another guest folder (another kernel). */
+/** One way to boot: an engine pack, and optionally another guest folder (another kernel) or the namespace backend. */
 interface Variant {
   name: string;
   engine: string;
   env: NodeJS.ProcessEnv;
+  backend?: 'namespace';
 }
 
 export async function benchStart(runs: number): Promise<BenchResult> {
@@ -41,6 +45,7 @@ export async function benchStart(runs: number): Promise<BenchResult> {
   const variants: Variant[] = [
     ...manifest.packs.map((p) => ({ name: `engine ${p.id}`, engine: p.id, env: {} })),
     { name: `engine ${manifest.packs[0]!.id}, Debian 13 kernel`, engine: manifest.packs[0]!.id, env: { BERTH_GUEST_DIR: kernel612 } },
+    ...(canRunNamespace() ? [{ name: `namespace backend, engine ${manifest.packs[0]!.id}`, engine: manifest.packs[0]!.id, env: {}, backend: 'namespace' as const }] : []),
   ];
   const qemu = await findQemu();
   const cpus = Math.max(1, Math.min(4, os.cpus().length));
@@ -53,7 +58,7 @@ export async function benchStart(runs: number): Promise<BenchResult> {
       const home = fs.mkdtempSync('/tmp/berth-bench-');
       homes.push(home);
       const env = { ...process.env, ...v.env, BERTH_HOME: home, DOCKER_CONFIG: path.join(home, 'docker') };
-      fs.writeFileSync(path.join(home, 'settings.json'), JSON.stringify({ 'engine.version': v.engine }));
+      fs.writeFileSync(path.join(home, 'settings.json'), JSON.stringify({ 'engine.version': v.engine, ...(v.backend ? { backend: v.backend } : {}) }));
       cli(['image', 'build'], env); // not timed: a build is not a start
       const vInputs = imageInputs(paths.cache, env);
       const image = await findImage(vInputs);
@@ -64,6 +69,14 @@ export async function benchStart(runs: number): Promise<BenchResult> {
       const floor: number[] = [];
       const floorInit: number[] = [];
       for (let i = 0; i < runs; i++) {
+        if (v.backend === 'namespace') {
+          const pack = await findPack(vInputs, v.engine);
+          if (!pack) throw new Error(`no engine pack ${v.engine}`);
+          const ms = plainNamespaceDockerd(image.rootfs, pack.squashfs);
+          floor.push(ms);
+          floorInit.push(ms);
+          continue;
+        }
         const r = await bootFloor(qemu.system, accel, cpus, image.vmlinux, image.initramfs, cmdline);
         floor.push(r.exitMs);
         floorInit.push(r.initMs);
@@ -91,12 +104,13 @@ export async function benchStart(runs: number): Promise<BenchResult> {
     for (const v of variants) {
       const st = state.get(v)!;
       const coldMed = median(st.cold);
-      rows.push({ name: `${v.name} (kernel ${st.kernel}): floor, same kernel to an empty init`, value: median(st.floorInit), unit: 'ms', note: `to QEMU exit ${median(st.floor)} ms` });
+      if (v.backend === 'namespace') rows.push({ name: `${v.name} (the host's kernel ${os.release()}): floor, the pack's dockerd in a plain namespace`, value: median(st.floorInit), unit: 'ms', note: `runs: ${st.floor.join(', ')} ms` });
+      else rows.push({ name: `${v.name} (kernel ${st.kernel}): floor, same kernel to an empty init`, value: median(st.floorInit), unit: 'ms', note: `to QEMU exit ${median(st.floor)} ms` });
       rows.push({ name: `${v.name}: cold start to Docker API ready`, value: coldMed, unit: 'ms', ratio: coldMed / median(st.floorInit), note: `runs: ${st.cold.join(', ')} ms; ${(coldMed / base).toFixed(2)}× ${variants[0]!.name}` });
       rows.push({ name: `${v.name}: first start (creates and formats the disk)`, value: st.first, unit: 'ms' });
       for (const [id, ms] of st.phases) rows.push({ name: `  phase ${id}`, value: median(ms), unit: 'ms' });
       rows.push({ name: `${v.name}: daemon RSS, VM running and idle`, value: st.daemonRss, unit: 'MiB' });
-      rows.push({ name: `${v.name}: QEMU RSS (guest memory touched + QEMU)`, value: st.qemuRss, unit: 'MiB' });
+      rows.push({ name: v.backend === 'namespace' ? `${v.name}: the namespace's PID 1 RSS (init; dockerd and the rest are beside it)` : `${v.name}: QEMU RSS (guest memory touched + QEMU)`, value: st.qemuRss, unit: 'MiB' });
     }
   } finally {
     for (const home of homes) {
@@ -170,3 +184,45 @@ function bootFloor(qemu: string, accel: Accelerator, cpus: number, vmlinux: stri
     });
   });
 }
+
+/** Root, Linux, namespaces, squashfs and overlay: what the namespace backend needs (its own check says more). */
+function canRunNamespace(): boolean {
+  try {
+    const fsList = fs.readFileSync('/proc/filesystems', 'utf8');
+    return process.platform === 'linux' && process.getuid?.() === 0 && /\ssquashfs$/m.test(fsList) && /\soverlay$/m.test(fsList) && fs.existsSync('/dev/loop-control');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The namespace backend's floor: the pack's containerd and dockerd started by hand in a plain
+ * `unshare` namespace over the same two images, until `docker version` answers; milliseconds.
+ * Everything goes with the namespace's PID 1 when the script ends.
+ */
+function plainNamespaceDockerd(base: string, pack: string): number {
+  const work = fs.mkdtempSync('/tmp/berth-nsfloor-');
+  const script = [
+    'set -e',
+    'W=$1',
+    'mount -t tmpfs floor "$W"',
+    'mkdir "$W/b" "$W/p" "$W/u" "$W/r"',
+    'mount -t squashfs -o ro,loop "$2" "$W/b"',
+    'mount -t squashfs -o ro,loop "$3" "$W/p"',
+    'mount -t tmpfs upper "$W/u"',
+    'mkdir "$W/u/d" "$W/u/w"',
+    'mount -t overlay overlay -o "lowerdir=$W/p:$W/b,upperdir=$W/u/d,workdir=$W/u/w" "$W/r"',
+    'mount -t proc proc "$W/r/proc"',
+    'mount --rbind /sys "$W/r/sys"',
+    'mount --rbind /dev "$W/r/dev"',
+    'mount -t tmpfs run "$W/r/run"',
+    'mount -t tmpfs lib "$W/r/var/lib/docker"',
+    'exec chroot "$W/r" /bin/busybox sh -c \'ip link set lo up; containerd --address /run/containerd/containerd.sock >/dev/null 2>&1 & dockerd -H unix:///run/docker.sock --containerd=/run/containerd/containerd.sock >/dev/null 2>&1 & until docker -H unix:///run/docker.sock version >/dev/null 2>&1; do busybox usleep 20000; done\'',
+  ].join('\n');
+  try {
+    return timed(() => execFileSync('unshare', ['--mount', '--net', '--pid', '--fork', '--propagation', 'private', 'sh', '-c', script, 'floor', work, base, pack], { stdio: 'ignore', timeout: 120_000 }));
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
