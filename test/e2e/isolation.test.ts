@@ -313,10 +313,10 @@ describe('isolation', { timeout: 2_400_000 }, () => {
       await sleep(200);
       text = fs.readFileSync(log, 'utf8');
     }
-    assert.match(text, E2E_BACKEND === 'vm' ? /the guest exited unexpectedly err="The VM stopped unexpectedly: QEMU was killed by SIGKILL\."/ : /the guest exited unexpectedly err="The namespace stopped unexpectedly: its launcher was killed by SIGKILL\."/);
+    assert.match(text, E2E_BACKEND === 'vm' ? /the guest exited unexpectedly err="The VM stopped unexpectedly: QEMU was killed by SIGKILL\."/ : /the guest exited unexpectedly err="The namespace stopped unexpectedly: its PID 1 \(pid \d+\) ended: killed, or powered off after a fatal error/);
     const s = JSON.parse((await b.berth(['status', '--json'])).stdout) as { state: string; failure: { message: string } | null };
     assert.equal(s.state, 'failed');
-    assert.match(s.failure?.message ?? '', /SIGKILL/);
+    assert.match(s.failure?.message ?? '', E2E_BACKEND === 'vm' ? /SIGKILL/ : /PID 1 .* ended/);
     assert.ok(daemonPid(b.home));
   });
 });

@@ -301,8 +301,10 @@ class NamespaceGuest extends EventEmitter implements LaunchedGuest {
     if (this.exited) return;
     this.exited = true;
     this.control.close();
-    const how = signal ? `was killed by ${signal}` : code !== null ? `ended with status ${code}` : 'ended';
-    this.emit('exit', new BerthError('NAMESPACE_EXITED', `The namespace stopped unexpectedly: its launcher ${how}.`, { hint: `See ${this.vmLog} for the guest's boot messages.` }));
+    // `unshare` does not pass on how its child (PID 1) ended: a PID 1 killed by a signal shows as
+    // status 1. The console log says whether init reached a fatal error first.
+    const how = signal ? `its launcher was killed by ${signal}` : `its PID 1 (pid ${this.pid}) ended: killed, or powered off after a fatal error (the launcher reported ${code !== null ? `status ${code}` : 'no status'})`;
+    this.emit('exit', new BerthError('NAMESPACE_EXITED', `The namespace stopped unexpectedly: ${how}.`, { hint: `See ${this.vmLog} for the guest's boot messages.` }));
   }
 }
 
