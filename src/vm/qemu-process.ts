@@ -7,6 +7,7 @@ import type { Logger } from '../util/log.js';
 import { readTail } from '../util/files.js';
 import { QmpClient } from './qmp.js';
 import { buildQemuArgs, uuidFromTag, type VmConfig } from './qemu-args.js';
+import { emittedWithin } from '../util/events.js';
 
 export interface QemuExit {
   code: number | null;
@@ -144,18 +145,7 @@ export class QemuProcess extends EventEmitter {
 
   /** Resolves true when the process has exited, false on timeout. */
   waitExit(timeoutMs: number): Promise<boolean> {
-    if (this.exited) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.off('exit', onExit);
-        resolve(false);
-      }, timeoutMs);
-      const onExit = () => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      this.once('exit', onExit);
-    });
+    return this.exited ? Promise.resolve(true) : emittedWithin(this, 'exit', timeoutMs);
   }
 
   private watchPidGone(): void {

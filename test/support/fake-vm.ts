@@ -12,6 +12,7 @@ import type { ProgressListener } from '../../src/util/progress.js';
 import type { Settings } from '../../src/settings/settings.js';
 import type { ImageSource, ResolvedImage } from '../../src/daemon/image-source.js';
 import type { Attachment, Booted, BootRequest, DataStore, DataStoreState, LaunchedGuest, PreparedHost, VmDriver } from '../../src/vm/driver.js';
+import { emittedWithin } from '../../src/util/events.js';
 
 /**
  * A driver for unit tests of the state machine (docs/backends.md "Testing"). Its guest is an
@@ -156,18 +157,7 @@ export class FakeGuest extends EventEmitter implements LaunchedGuest {
   }
 
   waitExit(timeoutMs: number): Promise<boolean> {
-    if (this.exited) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.off('exit', done);
-        resolve(false);
-      }, timeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      this.once('exit', done);
-    });
+    return this.exited ? Promise.resolve(true) : emittedWithin(this, 'exit', timeoutMs);
   }
 
   async forceOff(_timeoutMs: number): Promise<void> {

@@ -19,6 +19,7 @@ import type { Attachment, Booted, BootRequest, DataStore, LaunchedGuest, Prepare
 import { CgroupSubtree, cgroupLayout, parseHierarchies } from './cgroups.js';
 import { ControlServer } from './control-server.js';
 import { dataStoreFor } from '../stores.js';
+import { emittedWithin } from '../../util/events.js';
 
 /** How long the launcher gets to create the namespace's tap (normally well under a second). */
 const TAP_WAIT_MS = 30_000;
@@ -235,18 +236,7 @@ class NamespaceGuest extends EventEmitter implements LaunchedGuest {
   }
 
   waitExit(timeoutMs: number): Promise<boolean> {
-    if (this.exited) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.off('exit', done);
-        resolve(false);
-      }, timeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        resolve(true);
-      };
-      this.once('exit', done);
-    });
+    return this.exited ? Promise.resolve(true) : emittedWithin(this, 'exit', timeoutMs);
   }
 
   /** SIGKILL to PID 1 ends every process of the namespace (the relay included). */
