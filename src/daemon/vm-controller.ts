@@ -153,11 +153,19 @@ export class VmController extends EventEmitter {
   start(onProgress: ProgressListener, opts: StartOptions = {}): Promise<StatusReport> {
     if (this.op?.kind === 'start') return this.join(this.op, onProgress);
     if (this.op) return Promise.reject(new BerthError('VM_BUSY', 'The VM is stopping; wait for that to finish, then start it again.'));
-    if (this.state === 'running') {
-      onProgress({ type: 'note', level: 'info', message: 'berth is already running; nothing to do.', at: Date.now() });
-      return this.status();
-    }
+    if (this.state === 'running') return this.alreadyRunning(onProgress, opts);
     return this.runOp('start', onProgress, (emit) => this.doStart(emit, opts));
+  }
+
+  /** A start while running: nothing to do, but a different backend asked for is said to wait for a restart. */
+  private async alreadyRunning(onProgress: ProgressListener, opts: StartOptions): Promise<StatusReport> {
+    const wanted = opts.backend ?? (await readSettings(this.paths.settings).catch(() => undefined))?.backend;
+    const message =
+      wanted && wanted !== this.backend
+        ? `berth is already running on the ${this.backend} backend; the ${wanted} backend takes effect at the next start (\`berth restart\`).`
+        : 'berth is already running; nothing to do.';
+    onProgress({ type: 'note', level: 'info', message, at: Date.now() });
+    return this.status();
   }
 
   stop(onProgress: ProgressListener): Promise<StatusReport> {
