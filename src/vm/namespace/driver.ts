@@ -104,7 +104,10 @@ export class NamespaceDriver implements VmDriver {
         const skipped = await cgroups.create({ memoryBytes: req.memoryMiB * 1024 * 1024, cpus: req.cpus, pids: 32768 });
         for (const s of skipped) emit({ type: 'note', level: 'warn', message: `The namespace runs without ${s}.`, at: Date.now() });
         const control = await ControlServer.listen(this.ns.controlSocket);
-        const g = await this.launch(req, cgroups, control);
+        const g = await this.launch(req, cgroups, control).catch((err: unknown) => {
+          control.close();
+          throw err;
+        });
         d(`pid ${g.pid}`);
         return g;
       });
