@@ -51,7 +51,7 @@ export const E2E_BACKEND: 'vm' | 'namespace' = process.env.BERTH_E2E_BACKEND ===
  */
 export const VM_ONLY: string | false = E2E_BACKEND === 'namespace' ? 'about the VM itself (QEMU, its kernel, the 9P file server or emulation)' : false;
 
-function withBackend(args: string[]): string[] {
+export function withBackend(args: string[]): string[] {
   return E2E_BACKEND === 'namespace' && args[0] === 'start' ? [...args, '--backend', 'namespace'] : args;
 }
 

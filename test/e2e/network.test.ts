@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import { berthBin, daemonPid, newInstance, run, type Instance } from './harness.js';
+import { berthBin, daemonPid, newInstance, run, withBackend, type Instance } from './harness.js';
 import { debianImageTar } from './images.js';
 import { close, GATEWAY, HOST_ALIAS, listen, parseProcNetTcp, socketInodes, tcpListeners, tcpListenersOf } from './net-helpers.js';
 
@@ -125,7 +125,7 @@ describe('network', { timeout: 1_200_000 }, () => {
     if (hostsSkip === undefined) {
       const hosts = path.join(b.home, 'hosts');
       fs.writeFileSync(hosts, `${fs.readFileSync('/etc/hosts', 'utf8').trimEnd()}\n${HOSTS_ONLY_ADDR} ${HOSTS_ONLY_NAME}\n127.0.0.1 ${HOSTS_LOOP_NAME}\n`);
-      start = await run('unshare', ['--mount', 'sh', '-c', 'mount --bind "$1" /etc/hosts && exec "$2" start', 'sh', hosts, berthBin], { env: b.env, timeoutMs: 600_000 });
+      start = await run('unshare', ['--mount', 'sh', '-c', 'mount --bind "$1" /etc/hosts && shift && exec "$@"', 'sh', hosts, berthBin, ...withBackend(['start'])], { env: b.env, timeoutMs: 600_000 });
     } else {
       start = await b.berth(['start']);
     }
