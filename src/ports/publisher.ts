@@ -2,7 +2,7 @@ import type { Logger } from '../util/log.js';
 import type { NetService } from '../net/net-service.js';
 import type { ForwardState } from '../net/port-forwarder.js';
 import { dockerJson, followEvents, isRunning, type StreamOpener } from '../docker/index.js';
-import { extraForwards, forwardsOfContainer, type PublishedForward, type PublishOptions } from './forwards.js';
+import { forwardsOfContainer, type PublishedForward, type PublishOptions } from './forwards.js';
 
 /**
  * Publishes containers' ports on the host (docs/network.md "Port publishing"): follows dockerd's
