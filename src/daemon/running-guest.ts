@@ -72,9 +72,9 @@ export class RunningGuest {
   /**
    * Reaches a launched guest: starts the translator (it connects to the guest's network socket,
    * retrying until it exists) and the control session, and waits for the agent and then the
-   * engine. `steps` names the progress steps of a start; an adopt passes none.
+   * engine, as progress steps (an adopt passes a listener that drops them).
    */
-  static connect(deps: RunningGuestDeps, guest: LaunchedGuest, network: GuestNetwork, deadline: number, steps: ProgressListener | undefined): Attachment<Connection> {
+  static connect(deps: RunningGuestDeps, guest: LaunchedGuest, network: GuestNetwork, deadline: number, steps: ProgressListener): Attachment<Connection> {
     const net = network.translator ? new NetService(network.translator, deps.log.child('net')) : undefined;
     net?.start();
     const session = new GuestSession(() => guest.openControl(), deps.paths, deps.log.child('guest'));
@@ -82,22 +82,16 @@ export class RunningGuest {
     const ready = (async (): Promise<Connection> => {
       const waitSession = () => session.waitSession(remaining(deadline));
       const waitEngine = () => session.waitEngineReady(remaining(deadline));
-      let info: GuestInfo;
-      if (steps) {
-        info = await step(steps, 'vm.boot', 'Boot the VM (kernel, init, agent)', async (d) => {
-          const i = await waitSession();
-          const k = i.bootTimes?.initramfs;
-          d(k !== undefined ? `kernel reached init at ${k.toFixed(2)} s guest time` : 'agent connected');
-          return i;
-        });
-        await step(steps, 'engine', 'Start the Docker engine', async (d) => {
-          const e: EngineReport = await waitEngine();
-          d(e.readyAfterMs !== undefined ? `dockerd answered ${(e.readyAfterMs / 1000).toFixed(1)} s after the agent started` : 'ready');
-        });
-      } else {
-        info = await waitSession();
-        await waitEngine();
-      }
+      const info = await step(steps, 'vm.boot', 'Boot the VM (kernel, init, agent)', async (d) => {
+        const i = await waitSession();
+        const k = i.bootTimes?.initramfs;
+        d(k !== undefined ? `kernel reached init at ${k.toFixed(2)} s guest time` : 'agent connected');
+        return i;
+      });
+      await step(steps, 'engine', 'Start the Docker engine', async (d) => {
+        const e: EngineReport = await waitEngine();
+        d(e.readyAfterMs !== undefined ? `dockerd answered ${(e.readyAfterMs / 1000).toFixed(1)} s after the agent started` : 'ready');
+      });
       return { session, net, info };
     })();
     ready.catch(() => {});
@@ -145,16 +139,14 @@ export class RunningGuest {
   }
 
   /** Change events, the Docker API on the host socket (proven by a ping through it), published ports. */
-  async serve(emit: ProgressListener | undefined): Promise<void> {
+  async serve(emit: ProgressListener): Promise<void> {
     this.startChangeEvents();
     const socketPath = this.deps.settings.dockerSocket ?? this.deps.paths.defaultDockerSocket;
-    const serveApi = async (d: (detail: string) => void) => {
+    await step(emit, 'api', 'Serve the Docker API on the host', async (d) => {
       this.proxy = await this.startProxy(socketPath);
       const ms = await pingDockerThroughProxy(socketPath);
       d(`unix://${socketPath} (ping ${ms} ms)`);
-    };
-    if (emit) await step(emit, 'api', 'Serve the Docker API on the host', serveApi);
-    else await serveApi(() => {});
+    });
     this.publisher = this.startPublisher();
   }
 

@@ -120,7 +120,7 @@ export class VmController extends EventEmitter {
       await files?.start();
       const deps = this.runningDeps(settings);
       // The agent answers at once if it is alive; the engine may still be restarting.
-      const attachment = RunningGuest.connect(deps, guest, network, Date.now() + 60_000, undefined);
+      const attachment = RunningGuest.connect(deps, guest, network, Date.now() + 60_000, () => {});
       const exited = new Promise<never>((_, reject) => guest.once('exit', reject));
       exited.catch(() => {});
       const connection = await Promise.race([attachment.ready, exited]).catch(async (err: unknown) => {
@@ -132,7 +132,7 @@ export class VmController extends EventEmitter {
       this.watch(running);
       await running.remountAfterAdopt();
       for (const f of running.unavailable) this.warnings.push(shareFailureWarning(f));
-      await running.serve(undefined);
+      await running.serve(() => {});
       this.state = 'running';
       this.failure = null;
       this.log.info('re-attached to the running VM');
